@@ -1,0 +1,265 @@
+"""Blocked exact k-NN: one matrix product per block, top-k without a full-width partition.
+
+For a batch of queries and a block of base rows the kernel computes the ranking proxy
+(see :mod:`tidepool_cli.engine.distances`) with a single GEMM on *augmented* operands,
+``[q, 1] @ [-2x, |x|^2 + bias]^T`` for l2 and ``[q, 1] @ [-x, bias]^T`` for inner
+products, where ``bias`` is 0 for an allowed row and +inf for a masked or padding row.
+The norm term and the row mask therefore cost nothing beyond the product itself.
+
+Selecting the top-k of a 100,000-wide row with ``np.argpartition`` costs more than the
+product. Instead the block's columns are split into ``GROUP`` strided groups and reduced
+with one vectorised ``np.minimum`` pass: a group can hold one of the best ``kk`` rows only
+if its minimum beats the current ``kk``-th best proxy, and at most ``kk`` groups can.
+Only those groups' columns are read back, merged into a per-query buffer of ``kk``
+candidates, and the buffer's worst entry becomes the threshold for the next block.
+The ``kk - k`` spare candidates absorb the float32 rounding of the proxy; the final k are
+re-ranked with exact distances (direct differences for l2) and ties break by position.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tidepool_cli.engine.distances import exact_distances
+
+GROUP = 16
+"""Columns per min-reduction group (strided inside a block)."""
+
+BLOCK_ROWS = 8192
+"""Base rows per GEMM block; a multiple of :data:`GROUP`."""
+
+QUERY_BATCH = 1024
+"""Queries per GEMM batch: bounds the (QUERY_BATCH, BLOCK_ROWS) float32 proxy block to 32 MiB."""
+
+CACHE_BYTES = 1 << 29
+"""Augmented base blocks are built once per call and reused across query batches below this size."""
+
+SPARSE_MASK_FRACTION = 0.25
+"""A mask that keeps at most this fraction of rows is searched as a gathered copy instead."""
+
+
+def candidate_count(k: int, n: int) -> int:
+    """Number of candidates kept per query before exact re-ranking.
+
+    Parameters
+    ----------
+    k : int
+        Requested neighbours.
+    n : int
+        Rows available.
+
+    Returns
+    -------
+    int
+        ``min(n, k + max(8, k // 4))``: the spare candidates cover float32 rounding of the
+        l2 proxy (several units on integer-valued data) near the k-th distance.
+    """
+    return min(n, k + max(8, k // 4))
+
+
+def knn(
+    xq: np.ndarray,
+    xb: np.ndarray,
+    k: int,
+    metric: str,
+    *,
+    xb_sqnorms: np.ndarray | None = None,
+    allowed: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact k nearest rows of ``xb`` for every query.
+
+    Parameters
+    ----------
+    xq : (nq, d) float32
+        Prepared queries (:func:`~tidepool_cli.engine.distances.prepare_queries`).
+    xb : (n, d) float32
+        Base vectors; a ``numpy.memmap`` is read block by block without a full copy.
+    k : int
+        Neighbours per query.
+    metric : {"l2", "cosine", "dot"}
+    xb_sqnorms : (n,) float32, optional
+        Precomputed squared norms of ``xb`` (l2 only); computed per block if absent.
+    allowed : (n,) bool, optional
+        Rows that may be returned (deletion vector and filter already applied).
+
+    Returns
+    -------
+    D : (nq, k) float32
+        Distances in the public convention, ascending; +inf where fewer than k rows
+        are allowed.
+    I : (nq, k) int64
+        Positions in ``xb``; -1 where D is +inf. Ties break by lower position.
+    """
+    xq = np.ascontiguousarray(xq, dtype=np.float32)
+    nq = xq.shape[0]
+    n = xb.shape[0]
+    D = np.full((nq, k), np.inf, dtype=np.float32)
+    I = np.full((nq, k), -1, dtype=np.int64)
+    if nq == 0 or k <= 0 or n == 0:
+        return D, I
+    if allowed is not None:
+        allowed = np.asarray(allowed, dtype=bool)
+        n_allowed = int(np.count_nonzero(allowed))
+        if n_allowed == 0:
+            return D, I
+        if n_allowed == n:
+            allowed = None
+        elif n_allowed <= SPARSE_MASK_FRACTION * n:
+            sub = np.flatnonzero(allowed)
+            sq = None if xb_sqnorms is None else np.asarray(xb_sqnorms)[sub]
+            Ds, Is = knn(xq, np.asarray(xb[sub]), k, metric, xb_sqnorms=sq)
+            return Ds, np.where(Is >= 0, sub[np.maximum(Is, 0)], -1)
+
+    kk = candidate_count(k, n if allowed is None else int(np.count_nonzero(allowed)))
+    blocks = _BaseBlocks(xb, metric, xb_sqnorms, allowed)
+    for qs in range(0, nq, QUERY_BATCH):
+        qb = xq[qs : qs + QUERY_BATCH]
+        cand = _select_candidates(qb, blocks, kk)
+        D[qs : qs + QUERY_BATCH], I[qs : qs + QUERY_BATCH] = rerank(qb, xb, cand, k, metric)
+    return D, I
+
+
+def rerank(
+    xq: np.ndarray, xb: np.ndarray, cand: np.ndarray, k: int, metric: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact distances for candidate positions, then the best k per query.
+
+    Parameters
+    ----------
+    xq : (nq, d) float32
+        Prepared queries.
+    xb : (n, d) float32
+        Base vectors (memmap is fine: only candidate rows are read).
+    cand : (nq, m) int64
+        Candidate positions per query, -1 for none; duplicates are not allowed.
+    k : int
+    metric : {"l2", "cosine", "dot"}
+
+    Returns
+    -------
+    D : (nq, k) float32, ascending, +inf padding
+    I : (nq, k) int64, -1 padding; ties break by lower position.
+    """
+    nq, m = cand.shape
+    valid = cand >= 0
+    rows = np.asarray(xb[np.where(valid, cand, 0).ravel()]).reshape(nq, m, -1)
+    dist = exact_distances(xq, rows, metric)
+    dist[~valid] = np.inf
+    order = np.lexsort((np.where(valid, cand, np.iinfo(np.int64).max), dist), axis=-1)[:, :k]
+    D = np.take_along_axis(dist, order, axis=1)
+    I = np.take_along_axis(cand, order, axis=1)
+    if m < k:
+        D = np.pad(D, ((0, 0), (0, k - m)), constant_values=np.inf)
+        I = np.pad(I, ((0, 0), (0, k - m)), constant_values=-1)
+    I[~np.isfinite(D)] = -1
+    return D.astype(np.float32, copy=False), I
+
+
+class _BaseBlocks:
+    """Augmented base blocks ``[-2x, |x|^2 + bias]`` (l2) or ``[-x, bias]``, built lazily.
+
+    Padding rows complete the last block to a multiple of GROUP with bias +inf.
+    Blocks are cached across query batches while the whole augmented base stays small.
+    """
+
+    def __init__(self, xb, metric, xb_sqnorms, allowed):
+        self.xb, self.metric, self.sq, self.allowed = xb, metric, xb_sqnorms, allowed
+        n, d = xb.shape
+        self.starts = list(range(0, n, BLOCK_ROWS))
+        self.cache: dict[int, np.ndarray] | None = {} if n * (d + 1) * 4 <= CACHE_BYTES else None
+
+    def __iter__(self):
+        for s in self.starts:
+            if self.cache is not None and s in self.cache:
+                yield s, self.cache[s]
+                continue
+            blk = self._build(s)
+            if self.cache is not None:
+                self.cache[s] = blk
+            yield s, blk
+
+    def _build(self, s: int) -> np.ndarray:
+        x = np.asarray(self.xb[s : s + BLOCK_ROWS], dtype=np.float32)
+        b, d = x.shape
+        bp = -(-b // GROUP) * GROUP
+        out = np.zeros((bp, d + 1), dtype=np.float32)
+        if self.metric == "l2":
+            np.multiply(x, -2.0, out=out[:b, :d])
+            out[:b, d] = self.sq[s : s + b] if self.sq is not None else np.einsum("ij,ij->i", x, x)
+        else:
+            np.negative(x, out=out[:b, :d])
+        out[b:, d] = np.inf
+        if self.allowed is not None:
+            out[:b, d][~self.allowed[s : s + b]] = np.inf
+        return out
+
+
+def _select_candidates(xq: np.ndarray, blocks: _BaseBlocks, kk: int) -> np.ndarray:
+    """Positions of the kk best proxies per query (unordered), -1 padded.
+
+    Parameters
+    ----------
+    xq : (nq, d) float32
+    blocks : _BaseBlocks
+    kk : int
+
+    Returns
+    -------
+    (nq, kk) int64
+    """
+    nq, d = xq.shape
+    qa = np.empty((nq, d + 1), dtype=np.float32)
+    qa[:, :d] = xq
+    qa[:, d] = 1.0
+    buf_d = np.full((nq, kk), np.inf, dtype=np.float32)
+    buf_i = np.full((nq, kk), -1, dtype=np.int64)
+    thr = np.full(nq, np.inf, dtype=np.float32)
+    out = np.empty((nq, BLOCK_ROWS), dtype=np.float32)
+    pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    n_pending = 0
+    for s, blk in blocks:
+        ng = blk.shape[0] // GROUP
+        # A reused output buffer spares the page faults of a fresh 32 MiB array per block.
+        proxy = np.matmul(qa, blk.T, out=out[:, : blk.shape[0]])
+        gmin = np.minimum.reduce(proxy.reshape(nq, GROUP, ng), axis=1)
+        bound = thr
+        if ng >= kk and not np.isfinite(thr).all():
+            # Until kk candidates are buffered, the kk-th smallest group minimum of this
+            # block bounds the kk-th best proxy: those kk minima are kk distinct rows.
+            bound = np.minimum(thr, np.partition(gmin, kk - 1, axis=1)[:, kk - 1])
+            hit = (gmin <= bound[:, None]) & (gmin < np.inf)
+        else:
+            # Strict: an equal proxy further on has a higher position and loses the tie.
+            hit = gmin < bound[:, None]
+        r, g = np.nonzero(hit)
+        if r.size:
+            cols = g[:, None] + np.arange(GROUP) * ng
+            vals = proxy[r[:, None], cols]
+            keep = (vals <= bound[r][:, None]) & (vals < np.inf)
+            rr = np.broadcast_to(r[:, None], cols.shape)[keep]
+            pending.append((rr, vals[keep], cols[keep].astype(np.int64) + s))
+            n_pending += rr.size
+        # Merging re-sorts the whole buffer, so it waits until the pending candidates
+        # outnumber it; the threshold meanwhile stays valid, only a little loose.
+        if n_pending >= buf_d.size or (n_pending and s == blocks.starts[-1]):
+            _merge(buf_d, buf_i, *(np.concatenate(a) for a in zip(*pending)))
+            pending, n_pending = [], 0
+            thr = buf_d[:, kk - 1].copy()
+    return buf_i
+
+
+def _merge(buf_d, buf_i, rows, vals, pos) -> None:
+    """Merge candidates into the per-query buffers, keeping the best kk (by proxy, then position)."""
+    kk = buf_d.shape[1]
+    urows = np.unique(rows)
+    nu = urows.size
+    all_r = np.concatenate([np.repeat(np.arange(nu), kk), np.searchsorted(urows, rows)])
+    all_d = np.concatenate([buf_d[urows].ravel(), vals])
+    all_i = np.concatenate([buf_i[urows].ravel(), pos])
+    order = np.lexsort((np.where(all_i < 0, np.iinfo(np.int64).max, all_i), all_d, all_r))
+    sr = all_r[order]
+    rank = np.arange(sr.size) - np.searchsorted(sr, np.arange(nu))[sr]
+    sel = rank < kk
+    dest_r = urows[sr[sel]]
+    buf_d[dest_r, rank[sel]] = all_d[order][sel]
+    buf_i[dest_r, rank[sel]] = all_i[order][sel]
