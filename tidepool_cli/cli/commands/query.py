@@ -1,0 +1,97 @@
+"""``tidepool query``."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Annotated
+
+import typer
+
+from tidepool_cli.cli.options import IndexArg, InputFormat
+from tidepool_cli.cli.output import handle_errors, warn
+from tidepool_cli.errors import InvalidInputError
+
+FORMATS = ("json", "jsonl", "table")
+
+
+def query(
+    index: IndexArg,
+    vector: Annotated[str | None, typer.Option("--vector", help="One query as a JSON list of numbers (or a list of lists).")] = None,
+    input: Annotated[str | None, typer.Option("--input", "-i", help="Query vectors: .npy, .fvecs, .bvecs, .jsonl file, or - for stdin.")] = None,
+    input_format: InputFormat = "auto",
+    k: Annotated[int, typer.Option("-k", "--k", min=1, help="Neighbours per query.")] = 10,
+    filter: Annotated[str | None, typer.Option("--filter", help="Attribute filter, e.g. \"color = 'red' and price < 10\".")] = None,
+    format: Annotated[str, typer.Option("--format", help="json | jsonl | table.")] = "json",
+    ef_search: Annotated[int | None, typer.Option("--ef-search", min=1, help="HNSW beam width (default: the index default).")] = None,
+    nprobe: Annotated[int | None, typer.Option("--nprobe", min=1, help="IVF lists probed per query (default: the index default).")] = None,
+    exact: Annotated[bool, typer.Option("--exact", help="Exact search everywhere, ignoring HNSW/IVF indexes.")] = False,
+) -> None:
+    """k nearest neighbours of each query in INDEX, as JSON on stdout."""
+    from tidepool_cli.ops.planner import SearchParams
+    from tidepool_cli.ops.query import query as run_one
+    from tidepool_cli.ops.query import query_file
+
+    with handle_errors():
+        if format not in FORMATS:
+            raise InvalidInputError(f"unknown --format {format!r}; choose json, jsonl or table")
+        if (vector is None) == (input is None):
+            raise InvalidInputError("give exactly one of --vector and --input")
+        params = SearchParams(exact=exact, ef_search=ef_search, nprobe=nprobe)
+        if vector is not None:
+            results = iter([run_one(index, _parse_vector(vector), k, filter=filter, params=params, warn=warn)])
+        else:
+            results = query_file(index, input, k, input_format=input_format, filter=filter, params=params, warn=warn)
+        _write(results, format, k)
+
+
+def _parse_vector(text: str):
+    import numpy as np
+
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise InvalidInputError(f"--vector is not valid JSON ({exc.msg})") from None
+    try:
+        arr = np.array(value, dtype=np.float32)
+    except (ValueError, TypeError):
+        raise InvalidInputError("--vector must be a JSON list of numbers") from None
+    if arr.ndim not in (1, 2) or arr.size == 0:
+        raise InvalidInputError("--vector must be a JSON list of numbers (or a list of such lists)")
+    return arr
+
+
+def _write(results, fmt: str, k: int) -> None:
+    out = sys.stdout
+    if fmt == "table":
+        from rich.console import Console
+        from rich.table import Table
+
+        console = Console()
+        for res in results:
+            for item in res.to_dicts():
+                table = Table(title=f"query {item['query']}", title_justify="left")
+                for col in ("rank", "id", "distance", "attributes"):
+                    table.add_column(col, justify="right" if col in ("rank", "distance") else "left")
+                for r, (i, d, a) in enumerate(zip(item["ids"], item["distances"], item["attributes"]), start=1):
+                    table.add_row(str(r), str(i), f"{d:.6g}", json.dumps(a, ensure_ascii=False) if a else "")
+                console.print(table)
+        return
+    if fmt == "jsonl":
+        for res in results:
+            for item in res.to_dicts():
+                out.write(json.dumps(item, ensure_ascii=False) + "\n")
+        return
+    count = 0
+    for res in results:
+        if count == 0:
+            out.write(f'{{"k": {k}, "metric": {json.dumps(res.metric)}, "results": [')
+            count = 1
+        for item in res.to_dicts():
+            out.write(("" if count == 1 else ", ") + json.dumps(item, ensure_ascii=False))
+            count += 1
+    out.write("]}\n")
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(query)

@@ -1,0 +1,1 @@
+"""The on-disk format: index layout, manifests, WAL, segment and sidecar files, locks, GC."""

@@ -1,0 +1,179 @@
+"""The index directory: its paths, its immutable settings (``tidepool.json``), creation.
+
+::
+
+    INDEX/
+      tidepool.json          format name and version, dim, metric, dtype, id type
+      CURRENT                names the live manifest; replaced atomically
+      manifest-NNNNNN.json   one generation each
+      wal/NNNNNNNNNNNN.wal   write-ahead log files, one per committed ingest or delete
+      segments/              immutable segment files and their sidecars
+      LOCK                   writer lock
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tidepool_cli.engine.distances import check_metric
+from tidepool_cli.errors import CorruptIndexError, IndexNotFoundError, InvalidInputError, UnsupportedFormatError
+from tidepool_cli.storage.atomic import fsync_dir, write_file
+from tidepool_cli.storage.lock import WriterLock
+
+FORMAT_NAME = "tidepool"
+FORMAT_VERSION = 1
+"""Version of the index directory layout written by this release."""
+
+ID_TYPES = ("int", "str")
+
+
+@dataclass(frozen=True)
+class IndexSettings:
+    """Immutable settings of an index, fixed when it is created.
+
+    Attributes
+    ----------
+    dim : int
+        Vector dimension.
+    metric : {"l2", "cosine", "dot"}
+    id_type : {"int", "str"}
+        Kind of external ids: 64-bit signed integers or UTF-8 strings.
+    dtype : str
+        Stored vector element type; "float32".
+    format_version : int
+        Layout version the index was created with.
+    """
+
+    dim: int
+    metric: str
+    id_type: str
+    dtype: str = "float32"
+    format_version: int = FORMAT_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON form, as stored in ``tidepool.json``."""
+        return {
+            "format": FORMAT_NAME,
+            "format_version": self.format_version,
+            "dim": self.dim,
+            "metric": self.metric,
+            "dtype": self.dtype,
+            "id_type": self.id_type,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], where: str) -> "IndexSettings":
+        """Parse ``tidepool.json``, checking the format version first.
+
+        Raises
+        ------
+        UnsupportedFormatError
+            Written by a newer format version.
+        CorruptIndexError
+            Missing or invalid fields.
+        """
+        if d.get("format") != FORMAT_NAME:
+            raise CorruptIndexError(f"{where}: not a tidepool settings file")
+        version = d.get("format_version")
+        if not isinstance(version, int) or version > FORMAT_VERSION:
+            raise UnsupportedFormatError(
+                f"{where}: index format version {version} is newer than this tidepool reads ({FORMAT_VERSION}); upgrade tidepool"
+            )
+        try:
+            settings = cls(int(d["dim"]), check_metric(d["metric"]), d["id_type"], d["dtype"], version)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CorruptIndexError(f"{where}: invalid settings ({exc})") from None
+        if settings.id_type not in ID_TYPES or settings.dtype != "float32" or settings.dim < 1:
+            raise CorruptIndexError(f"{where}: invalid settings")
+        return settings
+
+
+class Layout:
+    """Paths inside one index directory.
+
+    Parameters
+    ----------
+    root : Path
+        The index directory.
+    """
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.settings_path = self.root / "tidepool.json"
+        self.current_path = self.root / "CURRENT"
+        self.wal_dir = self.root / "wal"
+        self.segments_dir = self.root / "segments"
+
+    def manifest_path(self, generation: int) -> Path:
+        """``manifest-NNNNNN.json`` of a generation."""
+        return self.root / f"manifest-{generation:06d}.json"
+
+    def wal_path(self, seq: int) -> Path:
+        """``wal/NNNNNNNNNNNN.wal`` of a WAL sequence number."""
+        return self.wal_dir / f"{seq:012d}.wal"
+
+    def path(self, rel: str) -> Path:
+        """Absolute path of a manifest-relative path."""
+        return self.root / rel
+
+    def rel(self, path: Path) -> str:
+        """Manifest-relative form of a path inside the index."""
+        return path.relative_to(self.root).as_posix()
+
+    def lock(self, purpose: str, timeout: float) -> WriterLock:
+        """The writer lock of this index (see :class:`WriterLock`)."""
+        return WriterLock(self.root, purpose, timeout)
+
+
+def open_index_dir(root: Path) -> tuple[Layout, IndexSettings]:
+    """Open an existing index directory and read its settings.
+
+    Raises
+    ------
+    IndexNotFoundError
+        The directory does not exist or holds no ``tidepool.json``.
+    UnsupportedFormatError, CorruptIndexError
+        From :meth:`IndexSettings.from_dict`.
+    """
+    layout = Layout(root)
+    if not layout.root.is_dir():
+        raise IndexNotFoundError(f"{root}: no such index directory")
+    try:
+        raw = layout.settings_path.read_bytes()
+    except FileNotFoundError:
+        raise IndexNotFoundError(f"{root}: not a tidepool index (no tidepool.json); create one with `tidepool ingest`") from None
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        raise CorruptIndexError(f"{layout.settings_path}: not valid JSON") from None
+    return layout, IndexSettings.from_dict(data, str(layout.settings_path))
+
+
+def create_index_dir(root: Path, settings: IndexSettings, lock_timeout: float) -> tuple[Layout, IndexSettings]:
+    """Open the index at ``root``, creating it with ``settings`` if it does not exist yet.
+
+    Creation happens under the writer lock, so two first ingests cannot both create it.
+    An existing index keeps its own settings; the caller checks they fit its data.
+
+    Raises
+    ------
+    InvalidInputError
+        ``root`` is a file, or a non-empty directory that is not an index.
+    """
+    root = Path(root)
+    if root.exists() and not root.is_dir():
+        raise InvalidInputError(f"{root}: exists and is not a directory")
+    if root.is_dir() and not (root / "tidepool.json").exists() and any(p.name != "LOCK" for p in root.iterdir()):
+        raise InvalidInputError(f"{root}: directory is not empty and is not a tidepool index; choose a new path")
+    root.mkdir(parents=True, exist_ok=True)
+    layout = Layout(root)
+    with layout.lock("create", lock_timeout):
+        if not layout.settings_path.exists():
+            layout.wal_dir.mkdir(exist_ok=True)
+            layout.segments_dir.mkdir(exist_ok=True)
+            fsync_dir(layout.root)
+            write_file(layout.settings_path, (json.dumps(settings.to_dict(), indent=2) + "\n").encode())
+    return open_index_dir(root)
