@@ -151,9 +151,9 @@ def _column_from_values(name: str, vals: list[Any], first_line: int) -> Column |
         return None
     valid = np.array([v is not None for v in vals], dtype=bool)
     if kind == "string":
-        arr = np.array(["" if v is None else v for v in vals], dtype=str)
-        if np.char.find(arr, "\0").max(initial=-1) >= 0:
+        if any(v is not None and "\0" in v for v in vals):
             raise InvalidInputError(f"attribute {name!r}: strings may not contain NUL characters")
+        arr = np.array(["" if v is None else v for v in vals], dtype=str)
         col = string_column(arr)
         return Column("string", np.where(valid, col.values, -1).astype(np.int32), None, col.dictionary)
     filler = {"bool": False, "int": 0, "float": 0.0}[kind]

@@ -142,7 +142,8 @@ def exact_distances(xq: np.ndarray, rows: np.ndarray, metric: str) -> np.ndarray
         diff = rows - xq[:, None, :]
         return np.einsum("qmd,qmd->qm", diff, diff)
     ip = np.einsum("qmd,qd->qm", rows, xq)
-    return (1.0 - ip) if metric == "cosine" else -ip
+    # Rounding can push 1 - cos a few ulps outside [0, 2] for (anti)parallel unit vectors.
+    return np.clip(1.0 - ip, 0.0, 2.0) if metric == "cosine" else -ip
 
 
 def proxy_to_distance(proxy: np.ndarray, xq_sqnorms: np.ndarray | None, metric: str) -> np.ndarray:

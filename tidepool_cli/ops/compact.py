@@ -215,36 +215,26 @@ def compact(
     rows_deleted = sum(segs[n].rows - segs[n].entry.deleted - live_rows[n] for n in segs)
 
     applied_through = max((r.seq for r in tail.records), default=base.wal_applied_through)
-    with layout.lock("compact", lock_timeout):
-        current = read_current(layout)
-        try:
+    published = False
+    try:
+        with layout.lock("compact", lock_timeout):
+            current = read_current(layout)
             _check_unchanged(base, current, merged | set(updated))
-        except ConflictError:
+            new = current.successor(
+                wal_applied_through=applied_through,
+                next_segment=next_segment,
+                max_int_id=tail.max_int_id,
+                schema=dict(tail.schema),
+                **_rewire(layout, current, merged, updated, new_entries, tail.records),
+            )
+            # From here on the new files may be referenced: a failure leaves orphans for
+            # garbage collection rather than deleting files a published manifest names.
+            published = True
+            write_manifest(layout, new)
+            gc = collect_garbage(layout, new, grace)
+    finally:
+        if not published:  # a conflict, a lock timeout or an I/O error: leave nothing behind
             _remove_new(layout, new_entries, updated)
-            raise
-        now = time.time()
-        obsolete = [(layout.rel(layout.manifest_path(current.generation)), now)] if current.generation else []
-        segments = []
-        for entry in current.segments:
-            if entry.name in merged:
-                obsolete += [(ref.path, now) for ref in entry.files()]
-            elif entry.name in updated:
-                if entry.deletions:
-                    obsolete.append((entry.deletions.path, now))
-                segments.append(replace(entry, deletions=updated[entry.name].deletions, deleted=updated[entry.name].deleted))
-            else:
-                segments.append(entry)
-        obsolete += [(layout.rel(layout.wal_path(r.seq)), now) for r in tail.records if r.index == 0]
-        new = current.successor(
-            wal_applied_through=applied_through,
-            next_segment=next_segment,
-            max_int_id=tail.max_int_id,
-            schema=dict(tail.schema),
-            segments=tuple(segments) + tuple(new_entries),
-            obsolete=tuple(_still_present(layout, current.obsolete)) + tuple(obsolete),
-        )
-        write_manifest(layout, new)
-        gc = collect_garbage(layout, new, grace)
     return CompactResult(
         str(index),
         True,
@@ -258,6 +248,31 @@ def compact(
         gc.bytes,
         time.perf_counter() - t0,
     )
+
+
+def _rewire(layout, current: Manifest, merged: set[str], updated: dict[str, SegmentEntry], new_entries, records) -> dict:
+    """Segments and obsolete files of the next generation, built on ``current``.
+
+    Entries come from ``current`` (not from the snapshot), so sidecar indexes that a
+    concurrent build published for an untouched or re-deleted segment are kept.
+    """
+    now = time.time()
+    obsolete = [(layout.rel(layout.manifest_path(current.generation)), now)] if current.generation else []
+    segments = []
+    for entry in current.segments:
+        if entry.name in merged:
+            obsolete += [(ref.path, now) for ref in entry.files()]
+        elif entry.name in updated:
+            if entry.deletions:
+                obsolete.append((entry.deletions.path, now))
+            segments.append(replace(entry, deletions=updated[entry.name].deletions, deleted=updated[entry.name].deleted))
+        else:
+            segments.append(entry)
+    obsolete += [(layout.rel(layout.wal_path(r.seq)), now) for r in records if r.index == 0]
+    return {
+        "segments": tuple(segments) + tuple(new_entries),
+        "obsolete": tuple(_still_present(layout, current.obsolete)) + tuple(obsolete),
+    }
 
 
 def _merge_data(sources, schema: dict[str, str]) -> SegmentData:

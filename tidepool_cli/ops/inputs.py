@@ -245,10 +245,9 @@ def _ids_array(ids: list[Any], numbers: list[int], where: str) -> np.ndarray:
         except OverflowError:
             raise InvalidInputError(f"{where}: an \"id\" is outside the 64-bit integer range") from None
     if kinds <= {str}:
-        arr = np.array(ids, dtype=str)
-        if (np.char.str_len(arr) == 0).any() or (np.char.find(arr, "\0") >= 0).any():
+        if any(not i or "\0" in i for i in ids):
             raise InvalidInputError(f"{where}: lines {numbers[0]}-{numbers[-1]}: string ids must be non-empty and without NUL")
-        return arr
+        return np.array(ids, dtype=str)
     bad = next((no for i, no in zip(ids, numbers) if isinstance(i, bool) or not isinstance(i, (int, str))), None)
     if bad is not None:
         raise InvalidInputError(f"{where}: line {bad}: \"id\" must be an integer or a string")

@@ -166,14 +166,18 @@ def create_index_dir(root: Path, settings: IndexSettings, lock_timeout: float) -
     root = Path(root)
     if root.exists() and not root.is_dir():
         raise InvalidInputError(f"{root}: exists and is not a directory")
-    if root.is_dir() and not (root / "tidepool.json").exists() and any(p.name != "LOCK" for p in root.iterdir()):
+    # tidepool.json is written first, so an interrupted creation leaves at most LOCK and
+    # a temporary settings file behind, and a retry completes it.
+    leftovers = [p for p in root.iterdir() if p.name != "LOCK" and not p.name.startswith("tidepool.json.tmp.")] if root.is_dir() else []
+    if leftovers and not (root / "tidepool.json").exists():
         raise InvalidInputError(f"{root}: directory is not empty and is not a tidepool index; choose a new path")
     root.mkdir(parents=True, exist_ok=True)
     layout = Layout(root)
     with layout.lock("create", lock_timeout):
         if not layout.settings_path.exists():
-            layout.wal_dir.mkdir(exist_ok=True)
-            layout.segments_dir.mkdir(exist_ok=True)
-            fsync_dir(layout.root)
             write_file(layout.settings_path, (json.dumps(settings.to_dict(), indent=2) + "\n").encode())
+        for d in (layout.wal_dir, layout.segments_dir):
+            if not d.is_dir():
+                d.mkdir()
+                fsync_dir(layout.root)
     return open_index_dir(root)

@@ -1,0 +1,418 @@
+"""HNSW: hierarchical navigable small-world graphs, built and searched in batches.
+
+The index follows Malkov & Yashunin, "Efficient and robust approximate nearest neighbor
+search using Hierarchical Navigable Small World graphs" (TPAMI 2018): every node draws a
+level ``floor(-ln(U) · mL)`` with ``mL = 1/ln(M)``; layer 0 holds every node with up to
+``2M`` neighbours, layer ``l >= 1`` the nodes of level ``>= l`` with up to ``M``;
+neighbours are chosen by the selection heuristic (Algorithm 4); a search descends the
+upper layers greedily from the entry point and runs a beam search of width ``ef`` on
+layer 0.
+
+Construction differs from the paper's one-node-at-a-time insertion, which is a Python
+loop of tiny operations in NumPy. Each layer is built in bulk instead, from the k-NN
+candidate lists of its nodes (:func:`~tidepool_cli.engine.graph.knn_candidates`):
+the heuristic picks the out-edges, every edge is mirrored, lists that overflow are pruned
+again with the heuristic (what an HNSW insertion does to a full neighbour list), and rows
+left without a path from the entry point get an in-edge. docs/HNSW.md has the reasoning
+and the measurements.
+
+Arrays are fixed-width and C-contiguous (int32 neighbour ids, uint8 levels), so a storage
+layer can write them as sections and memmap them back read-only; search never writes them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from tidepool_cli.engine import graph as g
+from tidepool_cli.engine.distances import check_metric, sqnorms
+from tidepool_cli.engine.topk import knn, rerank
+from tidepool_cli.errors import InvalidInputError
+
+DEFAULT_M = 16
+DEFAULT_EF_CONSTRUCTION = 200
+
+DEFAULT_EF_SEARCH = 24
+"""Beam width at layer 0 when the caller gives none: recall@10 >= 0.95 with the default
+M and ef_construction on siftsmall and fashion-mnist (docs/HNSW.md)."""
+
+MIN_ROWS_FOR_GRAPH = 20_000
+"""Below this many rows an exact scan answers a query batch faster than the graph
+(crossover measured on 2 cores, docs/HNSW.md); the planner keeps such segments on exact scan."""
+
+FILTER_EXACT_BELOW = 0.02
+"""Allowed fraction below which exact search over the allowed rows beats a filtered graph
+search (docs/HNSW.md); :func:`search_hnsw` itself switches to it below this fraction."""
+
+CANDIDATES_PER_SLOT = 2
+"""k-NN candidates offered to the heuristic per neighbour slot (capped by ef_construction)."""
+
+QUERY_BATCH = 1024
+"""Queries searched in lockstep at most."""
+
+VISITED_BYTES = 1 << 25
+"""Budget of one batch's visited table; bounds the batch size for large n."""
+
+SEARCH_EXPAND = 2
+"""Beam nodes expanded per query and hop at layer 0."""
+
+UPPER_SCAN_SIZE = 1 << 19
+"""Search starts with an exact scan of the lowest layer with at most this many nodes * d."""
+
+LAYER0_SEEDS = 4
+"""Nearest layer-1 nodes that seed the layer-0 beam when layer 1 is scanned exactly."""
+
+FILTER_EF_MAX = 2048
+"""Cap of the navigation beam of a filtered search (it widens as ef / allowed fraction)."""
+
+
+@dataclass(frozen=True)
+class HnswGraph:
+    """An HNSW graph over the rows of one vector array.
+
+    Attributes
+    ----------
+    m : int
+        M: neighbours per node on the upper layers; layer 0 allows 2M.
+    ef_construction : int
+        Candidate-list bound used by the build.
+    metric : {"l2", "cosine", "dot"}
+    entry_point : int
+        Position of a node of the top level, where every search starts.
+    levels : (n,) uint8
+        Level of each node.
+    layer0 : (n, 2M) int32
+        Neighbour positions per node, nearest first, -1 padded at the end.
+    upper_nodes : tuple of (n_l,) int32
+        For levels l = 1..L, the sorted positions of the nodes with level >= l.
+    upper_neighbors : tuple of (n_l, M) int32
+        For levels l = 1..L, the neighbour positions (global, not row numbers) of each
+        row of ``upper_nodes[l - 1]``, nearest first, -1 padded.
+    """
+
+    m: int
+    ef_construction: int
+    metric: str
+    entry_point: int
+    levels: np.ndarray
+    layer0: np.ndarray
+    upper_nodes: tuple[np.ndarray, ...]
+    upper_neighbors: tuple[np.ndarray, ...]
+
+    @property
+    def max_level(self) -> int:
+        """Top level L (0 when the graph has only layer 0)."""
+        return len(self.upper_nodes)
+
+    def stats(self) -> dict:
+        """Sizes and degrees per level.
+
+        Returns
+        -------
+        dict
+            ``max_level``, ``entry_point``, ``levels``: a list with, per level, ``level``,
+            ``nodes`` and ``avg_out_degree``, and ``bytes``: the total size of the arrays.
+        """
+        per = [_level_stats(0, self.layer0)]
+        for lvl, nb in enumerate(self.upper_neighbors, start=1):
+            per.append(_level_stats(lvl, nb))
+        arrays = (self.levels, self.layer0, *self.upper_nodes, *self.upper_neighbors)
+        return {
+            "max_level": self.max_level,
+            "entry_point": int(self.entry_point),
+            "levels": per,
+            "bytes": int(sum(a.nbytes for a in arrays)),
+        }
+
+
+def _level_stats(level: int, nb: np.ndarray) -> dict:
+    n = nb.shape[0]
+    deg = float(np.count_nonzero(nb >= 0)) / n if n else 0.0
+    return {"level": level, "nodes": int(n), "avg_out_degree": round(deg, 3)}
+
+
+def build_hnsw(
+    x: np.ndarray,
+    metric: str,
+    *,
+    m: int = DEFAULT_M,
+    ef_construction: int = DEFAULT_EF_CONSTRUCTION,
+    seed: int = 0,
+    progress: Callable[[int, int], None] | None = None,
+) -> HnswGraph:
+    """Build an HNSW graph over the rows of ``x``.
+
+    Levels are drawn as in the paper. Each layer is built in bulk from k-NN candidate
+    lists (exact blocked GEMM for small layers, partitioned by k-means for large ones)
+    with the neighbour-selection heuristic, mirrored edges re-pruned by the heuristic,
+    and a reachability repair; see the module docstring and docs/HNSW.md.
+
+    Parameters
+    ----------
+    x : (n, d) float32
+        Vectors, stored form (unit rows for cosine). A read-only ``numpy.memmap`` is read
+        without a whole copy; layers above 0 copy their own rows (n/M of them).
+    metric : {"l2", "cosine", "dot"}
+    m : int
+        M, >= 2: neighbours per node on upper layers, 2M on layer 0.
+    ef_construction : int
+        >= 1. Bounds the candidate list offered to the heuristic per node, at
+        ``min(ef_construction, CANDIDATES_PER_SLOT * degree)``.
+    seed : int
+        Seed of the level draw and of the partitioning k-means; equal seeds and inputs
+        give equal graphs.
+    progress : callable(done, total), optional
+        Called now and then with work units done and total.
+
+    Returns
+    -------
+    HnswGraph
+
+    Raises
+    ------
+    InvalidInputError
+        Unknown metric, ``x`` not 2-D or empty, non-float data, ``m < 2`` or
+        ``ef_construction < 1``.
+    """
+    check_metric(metric)
+    x = np.asarray(x)
+    if x.ndim != 2 or x.shape[0] == 0:
+        raise InvalidInputError(f"HNSW needs a non-empty 2-D array of vectors, got shape {x.shape}")
+    if x.dtype != np.float32:
+        if not np.issubdtype(x.dtype, np.number):
+            raise InvalidInputError(f"vectors must be numeric, got dtype {x.dtype}")
+        x = x.astype(np.float32)
+    if int(m) < 2:
+        raise InvalidInputError(f"M must be at least 2, got {m}")
+    if int(ef_construction) < 1:
+        raise InvalidInputError(f"ef_construction must be at least 1, got {ef_construction}")
+    m, ef_construction = int(m), int(ef_construction)
+    n = x.shape[0]
+
+    rng = np.random.default_rng(seed)
+    draw = -np.log1p(-rng.random(n)) / math.log(m)
+    levels = np.minimum(np.floor(draw), 255).astype(np.uint8)
+    top = int(levels.max())
+    members = [np.flatnonzero(levels >= lvl).astype(np.int32) for lvl in range(1, top + 1)]
+    # Lowest position among the top-level nodes: deterministic, and any one will do.
+    entry_point = int(members[-1][0]) if top else 0
+
+    sq = sqnorms(x) if metric == "l2" else None
+    total = 3 * (n + sum(int(a.size) for a in members))
+    done = [0]
+
+    def tick(units: int) -> None:
+        done[0] += units
+        if progress is not None:
+            progress(min(done[0], total), total)
+
+    layer0 = _build_layer(x, sq, 2 * m, ef_construction, metric, entry_point, seed, tick)
+    upper_neighbors = []
+    for lvl, ids in enumerate(members, start=1):
+        sub = np.ascontiguousarray(x[ids], dtype=np.float32)
+        start = int(np.searchsorted(ids, entry_point))
+        local = _build_layer(
+            sub, None if sq is None else sq[ids], m, ef_construction, metric, start, seed + lvl, tick
+        )
+        upper_neighbors.append(np.where(local >= 0, ids[local.clip(0)], -1).astype(np.int32))
+    if progress is not None:
+        progress(total, total)
+    return HnswGraph(
+        m=m,
+        ef_construction=ef_construction,
+        metric=metric,
+        entry_point=entry_point,
+        levels=levels,
+        layer0=layer0,
+        upper_nodes=tuple(members),
+        upper_neighbors=tuple(upper_neighbors),
+    )
+
+
+def _build_layer(x, sq, degree, ef_construction, metric, start, seed, tick):
+    """(n, degree) int32 neighbour rows of one layer over all rows of ``x``."""
+    n = x.shape[0]
+    k = max(1, min(ef_construction, CANDIDATES_PER_SLOT * degree))
+    cand, cdist = g.knn_candidates(x, k, metric=metric, xb_sqnorms=sq, seed=seed, tick=tick)
+    fwd, fwd_d = g.select_neighbors(x, cand, cdist, degree, metric=metric, xb_sqnorms=sq, tick=tick)
+    both, both_d = g.with_reverse_edges(fwd, fwd_d, 2 * degree)
+    adj = np.ascontiguousarray(both[:, :degree], dtype=np.int32)
+    over = np.flatnonzero(both[:, degree] >= 0)
+    if over.size:
+        adj[over], _ = g.select_neighbors(
+            x, both[over], both_d[over], degree, metric=metric, xb_sqnorms=sq
+        )
+    tick(n - over.size)
+    tick(over.size)
+    g.connect_unreachable(x, adj, start, cand, metric=metric)
+    return adj
+
+
+def search_hnsw(
+    graph: HnswGraph,
+    x: np.ndarray,
+    xq: np.ndarray,
+    k: int,
+    *,
+    ef_search: int | None = None,
+    allowed: np.ndarray | None = None,
+    xb_sqnorms: np.ndarray | None = None,
+    filter_exact_below: float = FILTER_EXACT_BELOW,
+) -> tuple[np.ndarray, np.ndarray]:
+    """k approximate nearest rows per query.
+
+    Queries are searched in lockstep batches: greedy descent through the upper layers,
+    then a beam search of width ``max(ef_search, k)`` on layer 0, then exact distances of
+    the beam through :func:`~tidepool_cli.engine.topk.rerank`, so a row gets the same
+    distance as from the exact scan.
+
+    Parameters
+    ----------
+    graph : HnswGraph
+        Built on ``x`` (its arrays may be read-only memmaps).
+    x : (n, d) float32
+        The vectors the graph was built on (a read-only memmap is fine).
+    xq : (nq, d) float32
+        Prepared queries (:func:`~tidepool_cli.engine.distances.prepare_queries`).
+    k : int
+        Neighbours per query, >= 1.
+    ef_search : int, optional
+        Beam width at layer 0; :data:`DEFAULT_EF_SEARCH` when None.
+    allowed : (n,) bool, optional
+        Rows that may be returned (deletion vector and filter combined). Disallowed rows
+        are still walked through. The navigation beam widens to ``ef / fraction``
+        (at most :data:`FILTER_EF_MAX`); below ``filter_exact_below`` the search is an
+        exact scan of the allowed rows.
+    xb_sqnorms : (n,) float32, optional
+        Squared norms of ``x`` (l2): saves computing them for every visited row.
+    filter_exact_below : float
+        Allowed fraction under which the exact scan is used; 0 forces the graph.
+
+    Returns
+    -------
+    D : (nq, k) float32
+        Distances in the public convention, ascending, +inf padded.
+    I : (nq, k) int64
+        Row positions, -1 padded. Whenever at least k rows are allowed, every query gets
+        k results: a query whose beam found fewer falls back to an exact scan.
+
+    Raises
+    ------
+    InvalidInputError
+        Shapes that do not match the graph, ``k < 1``, ``ef_search < 1``.
+    """
+    x = np.asarray(x)
+    n = graph.levels.shape[0]
+    xq = np.asarray(xq)
+    if x.ndim != 2 or x.shape[0] != n:
+        raise InvalidInputError(f"the graph has {n} nodes but the vectors have shape {x.shape}")
+    if xq.ndim != 2 or xq.shape[1] != x.shape[1]:
+        raise InvalidInputError(f"queries of shape {xq.shape} do not match dimension {x.shape[1]}")
+    if int(k) < 1:
+        raise InvalidInputError(f"k must be at least 1, got {k}")
+    ef = DEFAULT_EF_SEARCH if ef_search is None else int(ef_search)
+    if ef < 1:
+        raise InvalidInputError(f"ef_search must be at least 1, got {ef_search}")
+    k = int(k)
+    ef = max(ef, k)
+    xq = np.ascontiguousarray(xq, dtype=np.float32)
+    metric = graph.metric
+    nq = xq.shape[0]
+
+    n_allowed = n
+    if allowed is not None:
+        allowed = np.asarray(allowed, dtype=bool)
+        if allowed.shape != (n,):
+            raise InvalidInputError(f"allowed mask has shape {allowed.shape}, expected ({n},)")
+        n_allowed = int(np.count_nonzero(allowed))
+        if n_allowed == n:
+            allowed = None
+        elif n_allowed == 0 or n_allowed < filter_exact_below * n:
+            return knn(xq, x, k, metric, xb_sqnorms=xb_sqnorms, allowed=allowed)
+    width = ef
+    if allowed is not None:
+        width = min(max(ef, math.ceil(ef * n / n_allowed)), max(ef, FILTER_EF_MAX))
+
+    D = np.full((nq, k), np.inf, dtype=np.float32)
+    I = np.full((nq, k), -1, dtype=np.int64)
+    slots = n if n <= g.EXACT_VISITED_MAX else 4 * g.HASHED_VISITED_SLOTS
+    batch = int(min(QUERY_BATCH, max(16, VISITED_BYTES // slots)))
+    for s in range(0, nq, batch):
+        qb = xq[s : s + batch]
+        entry = _descend(graph, x, qb, xb_sqnorms)
+        cand, _ = g.beam_search(
+            x,
+            graph.layer0,
+            qb,
+            entry,
+            width,
+            metric=metric,
+            xb_sqnorms=xb_sqnorms,
+            allowed=allowed,
+            n_results=ef,
+            expand=SEARCH_EXPAND,
+        )
+        # Re-rank in query chunks whose gathered rows stay cache-resident.
+        step = max(1, g.GATHER_CHUNK_BYTES // (4 * x.shape[1] * cand.shape[1]))
+        for r0 in range(0, qb.shape[0], step):
+            D[s + r0 : s + r0 + step], I[s + r0 : s + r0 + step] = rerank(
+                qb[r0 : r0 + step], x, cand[r0 : r0 + step], k, metric
+            )
+
+    short = np.flatnonzero(I[:, k - 1] < 0)
+    if short.size and n_allowed >= k:
+        D[short], I[short] = knn(xq[short], x, k, metric, xb_sqnorms=xb_sqnorms, allowed=allowed)
+    return D, I
+
+
+def _descend(graph: HnswGraph, x, xq, xb_sqnorms) -> np.ndarray:
+    """Layer-0 entry nodes per query: (nq, e) int64, -1 padded.
+
+    The paper descends greedily (ef = 1) from the entry point through every upper layer.
+    The top layers hold few nodes, and one GEMM against all nodes of the lowest layer
+    with at most ``UPPER_SCAN_SIZE / d`` nodes finds the exact nearest of them, which is
+    what the greedy walk approximates, for the price of one or two hops of that walk.
+    The greedy walk continues below that layer. When the scanned layer is layer 1, its
+    ``LAYER0_SEEDS`` nearest nodes all seed the layer-0 beam.
+    """
+    nq, d = xq.shape
+    if graph.max_level == 0:
+        return np.full((nq, 1), graph.entry_point, dtype=np.int64)
+    lvl = next(
+        (i for i in range(1, graph.max_level + 1) if graph.upper_nodes[i - 1].size * d <= UPPER_SCAN_SIZE),
+        graph.max_level,
+    )
+    nodes = graph.upper_nodes[lvl - 1]
+    xs = np.asarray(x[nodes], dtype=np.float32)
+    proxy = xq @ xs.T
+    if graph.metric == "l2":
+        proxy *= -2.0
+        proxy += xb_sqnorms[nodes] if xb_sqnorms is not None else sqnorms(xs)
+    else:
+        np.negative(proxy, out=proxy)
+    if lvl == 1:
+        # A few argmin passes beat a row-wise argpartition on these short rows.
+        seeds = np.empty((nq, min(LAYER0_SEEDS, nodes.size)), dtype=np.int64)
+        rows = np.arange(nq)
+        for j in range(seeds.shape[1]):
+            seeds[:, j] = best = proxy.argmin(axis=1)
+            proxy[rows, best] = np.inf
+        return nodes[seeds].astype(np.int64)
+    cur = nodes[proxy.argmin(axis=1)].astype(np.int64)
+    for lvl in range(lvl - 1, 0, -1):
+        ids, _ = g.beam_search(
+            x,
+            graph.upper_neighbors[lvl - 1],
+            xq,
+            cur[:, None],
+            1,
+            metric=graph.metric,
+            xb_sqnorms=xb_sqnorms,
+            nodes=graph.upper_nodes[lvl - 1],
+        )
+        cur = ids[:, 0]
+    return cur[:, None]
