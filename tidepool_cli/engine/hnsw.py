@@ -359,9 +359,8 @@ def search_hnsw(
         # Re-rank in query chunks whose gathered rows stay cache-resident.
         step = max(1, g.GATHER_CHUNK_BYTES // (4 * x.shape[1] * cand.shape[1]))
         for r0 in range(0, qb.shape[0], step):
-            D[s + r0 : s + r0 + step], I[s + r0 : s + r0 + step] = rerank(
-                qb[r0 : r0 + step], x, cand[r0 : r0 + step], k, metric
-            )
+            r1 = min(r0 + step, qb.shape[0])
+            D[s + r0 : s + r1], I[s + r0 : s + r1] = rerank(qb[r0:r1], x, cand[r0:r1], k, metric)
 
     short = np.flatnonzero(I[:, k - 1] < 0)
     if short.size and n_allowed >= k:
