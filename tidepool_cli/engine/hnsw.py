@@ -23,7 +23,9 @@ layer can write them as sections and memmap them back read-only; search never wr
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -262,6 +264,7 @@ def search_hnsw(
     allowed: np.ndarray | None = None,
     xb_sqnorms: np.ndarray | None = None,
     filter_exact_below: float = FILTER_EXACT_BELOW,
+    threads: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """k approximate nearest rows per query.
 
@@ -291,6 +294,9 @@ def search_hnsw(
         Squared norms of ``x`` (l2): saves computing them for every visited row.
     filter_exact_below : float
         Allowed fraction under which the exact scan is used; 0 forces the graph.
+    threads : int, optional
+        Query batches searched concurrently; default: the CPUs this process may use.
+        Results do not depend on it.
 
     Returns
     -------
@@ -339,9 +345,11 @@ def search_hnsw(
 
     D = np.full((nq, k), np.inf, dtype=np.float32)
     I = np.full((nq, k), -1, dtype=np.int64)
-    slots = n if n <= g.EXACT_VISITED_MAX else 4 * g.HASHED_VISITED_SLOTS
-    batch = int(min(QUERY_BATCH, max(16, VISITED_BYTES // slots)))
-    for s in range(0, nq, batch):
+    per_query = n if n <= g.EXACT_VISITED_MAX else 4 * g.HASHED_VISITED_SLOTS
+    batch = int(min(QUERY_BATCH, max(16, VISITED_BYTES // per_query)))
+    starts = range(0, nq, batch)
+
+    def run(s: int) -> None:
         qb = xq[s : s + batch]
         entry = _descend(graph, x, qb, xb_sqnorms)
         cand, _ = g.beam_search(
@@ -361,6 +369,16 @@ def search_hnsw(
         for r0 in range(0, qb.shape[0], step):
             r1 = min(r0 + step, qb.shape[0])
             D[s + r0 : s + r1], I[s + r0 : s + r1] = rerank(qb[r0:r1], x, cand[r0:r1], k, metric)
+
+    workers = min(_threads(threads), len(starts))
+    if workers > 1:
+        # Batches are independent and write disjoint rows; the heavy numpy calls
+        # (gathers, einsum, sorts) release the GIL, so batches overlap on cores.
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            list(pool.map(run, starts))
+    else:
+        for s in starts:
+            run(s)
 
     short = np.flatnonzero(I[:, k - 1] < 0)
     if short.size and n_allowed >= k:
@@ -415,3 +433,12 @@ def _descend(graph: HnswGraph, x, xq, xb_sqnorms) -> np.ndarray:
         )
         cur = ids[:, 0]
     return cur[:, None]
+
+
+def _threads(threads: int | None) -> int:
+    if threads is not None:
+        return max(1, int(threads))
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1

@@ -118,6 +118,8 @@ def stats(index: str | Path, *, verify: bool = False) -> StatsResult:
         live, dead = counts.live, counts.dead
     by_kind = _bytes_by_kind(layout, manifest)
     total = sum(by_kind.values())
+    # What the index costs per live vector: obsolete and temporary files are on their way out.
+    kept = total - by_kind["obsolete"] - by_kind["temporary"]
     return StatsResult(
         str(index),
         settings.format_version,
@@ -131,7 +133,7 @@ def stats(index: str | Path, *, verify: bool = False) -> StatsResult:
         wal_stats,
         by_kind,
         total,
-        round(total / live, 2) if live else None,
+        round(kept / live, 2) if live else None,
         dict(manifest.schema),
         verify,
         problems,
