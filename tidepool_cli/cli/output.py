@@ -51,6 +51,11 @@ def handle_errors() -> Iterator[None]:
     except KeyboardInterrupt:
         sys.stderr.write("Error: interrupted\n")
         raise typer.Exit(130) from None
+    except BrokenPipeError:
+        # stdout was closed early (`tidepool query ... | head`): stop quietly, like any
+        # Unix tool killed by SIGPIPE, and keep Python from complaining at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise typer.Exit(141) from None
     except (typer.Exit, typer.Abort):
         raise
     except Exception as exc:  # a bug: say so, keep the traceback for --debug

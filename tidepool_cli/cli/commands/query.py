@@ -43,6 +43,7 @@ def query(
         else:
             results = query_file(index, input, k, input_format=input_format, filter=filter, params=params, warn=warn)
         _write(results, format, k)
+        sys.stdout.flush()
 
 
 def _parse_vector(text: str):
