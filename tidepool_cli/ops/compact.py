@@ -206,7 +206,7 @@ def compact(
             rows_written += data.rows
             progress.advance(data.rows)
         for n in sorted(newly_dead - merged):
-            updated[n] = write_deletions(layout, segs[n].entry, ~sources[n].live, base.generation + 1)
+            updated[n] = write_deletions(layout, segs[n].entry, ~sources[n].live)
     except BaseException:
         _remove_new(layout, new_entries, updated)
         raise

@@ -7,13 +7,14 @@
       CURRENT                names the live manifest; replaced atomically
       manifest-NNNNNN.json   one generation each
       wal/NNNNNNNNNNNN.wal   write-ahead log files, one per committed ingest or delete
-      segments/              immutable segment files and their sidecars
+      segments/              immutable segment files and their sidecars, seg-NNNNNN.<token>.<kind>
       LOCK                   writer lock
 """
 
 from __future__ import annotations
 
 import json
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -114,6 +115,15 @@ class Layout:
     def wal_path(self, seq: int) -> Path:
         """``wal/NNNNNNNNNNNN.wal`` of a WAL sequence number."""
         return self.wal_dir / f"{seq:012d}.wal"
+
+    def new_segment_file(self, segment: str, suffix: str) -> Path:
+        """A fresh, never-used path ``segments/<segment>.<token>.<suffix>`` for a new file.
+
+        The random token keeps two writers working concurrently (two compactions, a
+        compaction and an index build) from ever choosing the same name, so one can
+        never replace a file the other has already published.
+        """
+        return self.segments_dir / f"{segment}.{uuid.uuid4().hex[:12]}.{suffix}"
 
     def path(self, rel: str) -> Path:
         """Absolute path of a manifest-relative path."""

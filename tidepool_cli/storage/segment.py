@@ -71,7 +71,7 @@ def write_segment(layout: Layout, name: str, data: SegmentData, dim: int) -> Seg
     StorageIOError
         The write failed; nothing is published.
     """
-    path = layout.segments_dir / f"{name}.tpvs"
+    path = layout.new_segment_file(name, "tpvs")
     names = sorted(data.columns)
     meta = {"name": name, "rows": data.rows, "dim": dim, "schema": {n: data.columns[n].kind for n in names}, "columns": names}
     sections: dict = {"vectors": data.vectors if data.vectors else np.zeros((0, dim), np.float32)}
@@ -83,17 +83,15 @@ def write_segment(layout: Layout, name: str, data: SegmentData, dim: int) -> Seg
     return SegmentEntry(name, data.rows, 0, FileRef(layout.rel(path), nbytes, crc))
 
 
-def write_deletions(layout: Layout, entry: SegmentEntry, deleted: np.ndarray, generation: int) -> SegmentEntry:
+def write_deletions(layout: Layout, entry: SegmentEntry, deleted: np.ndarray) -> SegmentEntry:
     """Write a new deletion vector for ``entry`` and return the updated entry.
 
     Parameters
     ----------
     deleted : (rows,) bool
         All deleted rows of the segment (earlier deletions included).
-    generation : int
-        Generation that will reference the file (part of its unique name).
     """
-    path = layout.segments_dir / f"{entry.name}.g{generation:06d}.tpdv"
+    path = layout.new_segment_file(entry.name, "tpdv")
     bits = np.packbits(deleted.astype(bool), bitorder="little")
     blob = np.frombuffer(zstandard.ZstdCompressor(level=3).compress(bits.tobytes()), dtype=np.uint8)
     count = int(np.count_nonzero(deleted))
