@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from tidepool_cli import __version__
-from tidepool_cli.cli.commands import compact, delete, ingest, query, stats
+from tidepool_cli.cli.commands import build, compact, delete, ingest, query, stats
 from tidepool_cli.cli.output import Settings
 
 app = typer.Typer(
@@ -37,7 +37,7 @@ def root(
     Settings.debug = debug or Settings.debug
 
 
-for module in (ingest, delete, compact, query, stats):
+for module in (ingest, delete, compact, build, query, stats):
     module.register(app)
 
 

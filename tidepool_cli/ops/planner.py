@@ -1,12 +1,19 @@
 """Per-source access-path choice: which index answers a query batch on one segment.
 
-The planner looks at what a segment offers (sidecar indexes) and at the fraction of its
-rows a query may return (live rows that pass the filter), and picks:
+For each source (a segment, or the WAL tail) the planner picks:
 
-* ``exact`` — blocked exact scan (:func:`tidepool_cli.engine.topk.knn`), always correct;
-  used for the WAL tail, for segments without an index, with ``--exact``, and when the
-  allowed rows are so few that scanning just them is cheaper and safer than a graph
-  walk that would have to skip most of what it visits.
+* ``hnsw`` — the segment's HNSW graph (batched beam search), when it has one;
+* ``ivf`` — the segment's IVF index (batched probing), when it has one and no graph,
+  or when the query sets ``nprobe``;
+* ``exact`` — the blocked exact scan: the WAL tail, segments without an index (those
+  below the build's minimum size stay so on purpose: a scan is faster there), ``--exact``,
+  and *selective filters*. When the rows a query may return are fewer than
+  ``FILTER_EXACT_BELOW`` of a segment (counted exactly from the filter mask), an index
+  would visit mostly rejected rows, so the planner scans just the allowed rows instead:
+  fast, exact, and never short of k results.
+
+A sidecar that fails its checksums is reported once as a warning and the segment falls
+back to exact search, so a damaged index never returns wrong results.
 """
 
 from __future__ import annotations
@@ -16,8 +23,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from tidepool_cli.engine.hnsw import FILTER_EXACT_BELOW, search_hnsw
+from tidepool_cli.engine.ivf import search_ivf
 from tidepool_cli.engine.topk import knn
+from tidepool_cli.errors import CorruptIndexError, UnsupportedFormatError
 from tidepool_cli.ops.view import Source
+from tidepool_cli.storage.sidecars import open_sidecar
 
 
 @dataclass(frozen=True)
@@ -29,14 +40,26 @@ class SearchParams:
     exact : bool
         Force exact search on every source.
     ef_search : int or None
-        HNSW beam width (None: the index default).
+        HNSW beam width (None: the engine default).
     nprobe : int or None
-        IVF lists probed per query (None: the index default).
+        IVF lists probed per query (None: the engine default); setting it prefers IVF.
     """
 
     exact: bool = False
     ef_search: int | None = None
     nprobe: int | None = None
+
+
+def choose_path(src: Source, allowed_fraction: float, params: SearchParams) -> str:
+    """The access path for one source: "hnsw", "ivf", "exact" or "exact-filtered"."""
+    available = src.segment.entry.indexes if src.segment is not None else {}
+    if params.exact or not available:
+        return "exact"
+    if allowed_fraction < FILTER_EXACT_BELOW:
+        return "exact-filtered"
+    if "ivf" in available and (params.nprobe is not None or "hnsw" not in available):
+        return "ivf"
+    return "hnsw" if "hnsw" in available else "exact"
 
 
 def search_source(
@@ -60,6 +83,7 @@ def search_source(
     metric : str
     params : SearchParams
     warn : callable(str)
+        Receives the warning about a damaged sidecar.
 
     Returns
     -------
@@ -69,5 +93,28 @@ def search_source(
     path : str
         The access path used.
     """
-    D, I = knn(xq, src.vectors, k, metric, xb_sqnorms=src.sqnorms, allowed=allowed)
-    return D, I, "exact"
+    n_allowed = int(np.count_nonzero(allowed))
+    path = choose_path(src, n_allowed / max(src.rows, 1), params)
+    mask = None if n_allowed == src.rows else allowed
+    if path in ("hnsw", "ivf"):
+        index = _load(src, path, warn)
+        if index is not None and path == "hnsw":
+            D, I = search_hnsw(index, src.vectors, xq, k, ef_search=params.ef_search, allowed=mask, xb_sqnorms=src.sqnorms)
+            return D, I, path
+        if index is not None:
+            D, I = search_ivf(index, src.vectors, xq, k, nprobe=params.nprobe, allowed=mask, xb_sqnorms=src.sqnorms)
+            return D, I, path
+        path = "exact"
+    D, I = knn(xq, src.vectors, k, metric, xb_sqnorms=src.sqnorms, allowed=mask)
+    return D, I, path
+
+
+def _load(src: Source, key: str, warn: Callable[[str], None]):
+    """The segment's sidecar ``key``, loaded once; None (with a warning) if it is damaged."""
+    if key not in src.indexes:
+        try:
+            src.indexes[key] = open_sidecar(src.segment.layout, src.segment.entry, key)
+        except (CorruptIndexError, UnsupportedFormatError) as exc:
+            warn(f"{exc}; using exact search on {src.name} instead")
+            src.indexes[key] = None
+    return src.indexes[key]

@@ -13,11 +13,10 @@ from tidepool_cli.storage.atomic import TMP_MARK
 from tidepool_cli.storage.layout import Layout, open_index_dir
 from tidepool_cli.storage.manifest import Manifest, read_current
 from tidepool_cli.storage.segment import DELETIONS_KIND, DELETIONS_VERSION, SEGMENT_KIND, SEGMENT_VERSION, open_ref
+from tidepool_cli.storage.sidecars import SIDECARS
 from tidepool_cli.storage.wal import list_wal, read_wal_file
 
 FILE_KINDS = ("vectors", "deletions", "hnsw", "ivf", "wal", "metadata", "obsolete", "temporary")
-SIDECAR_KINDS: dict[str, tuple[bytes, int]] = {}
-"""Container kind and newest version of each sidecar index, by manifest key (registered by index modules)."""
 
 
 @dataclass(frozen=True)
@@ -65,6 +64,7 @@ class StatsResult:
     total_bytes: int
     bytes_per_vector: float | None
     attributes: dict[str, str]
+    indexes: dict[str, dict[str, Any]] = field(default_factory=dict)
     verified: bool = False
     problems: list[str] = field(default_factory=list)
 
@@ -135,6 +135,7 @@ def stats(index: str | Path, *, verify: bool = False) -> StatsResult:
         total,
         round(kept / live, 2) if live else None,
         dict(manifest.schema),
+        _index_totals(manifest),
         verify,
         problems,
     )
@@ -144,6 +145,28 @@ def _index_info(entry) -> dict[str, dict[str, Any]]:
     return {kind: {**ref.params, "bytes": ref.bytes} for kind, ref in entry.indexes.items()}
 
 
+def _index_totals(manifest: Manifest) -> dict[str, dict[str, Any]]:
+    """Per index kind, over all segments that have one: counts, bytes, and for IVF the
+    ID-compression figures weighted by rows (bits per ID vs the bound, Elias-Fano, raw)."""
+    out: dict[str, dict[str, Any]] = {}
+    for e in manifest.segments:
+        for key, ref in e.indexes.items():
+            t = out.setdefault(key, {"segments": 0, "rows": 0, "bytes": 0})
+            t["segments"] += 1
+            t["rows"] += e.rows
+            t["bytes"] += ref.bytes
+            if key == "ivf":
+                for metric in ("bits_per_id", "bound_bits_per_id", "elias_fano_bits_per_id", "raw_bits_per_id"):
+                    t[metric] = t.get(metric, 0.0) + float(ref.params.get(metric, 0.0)) * e.rows
+                t.setdefault("codecs", set()).add(ref.params.get("codec"))
+    ivf = out.get("ivf")
+    if ivf:
+        for metric in ("bits_per_id", "bound_bits_per_id", "elias_fano_bits_per_id", "raw_bits_per_id"):
+            ivf[metric] = round(ivf[metric] / max(ivf["rows"], 1), 4)
+        ivf["codecs"] = sorted(c for c in ivf["codecs"] if c)
+    return out
+
+
 def _verify(layout: Layout, manifest: Manifest) -> list[str]:
     """Every damaged file or section, each named precisely."""
     problems = []
@@ -151,9 +174,8 @@ def _verify(layout: Layout, manifest: Manifest) -> list[str]:
         checks = [(entry.vectors, SEGMENT_KIND, SEGMENT_VERSION)]
         if entry.deletions:
             checks.append((entry.deletions, DELETIONS_KIND, DELETIONS_VERSION))
-        for kind, ref in entry.indexes.items():
-            if kind in SIDECAR_KINDS:
-                checks.append((ref, *SIDECAR_KINDS[kind]))
+        for key, ref in entry.indexes.items():
+            checks.append((ref, SIDECARS[key].kind, SIDECARS[key].version))
         for ref, kind, version in checks:
             try:
                 c = open_ref(layout, ref, kind, version, verify="header")

@@ -51,6 +51,8 @@ class Source:
     column: Callable[[str], Column | None]
     segment: Segment | None
     row_ids: np.ndarray
+    indexes: dict = field(default_factory=dict)
+    """Sidecar indexes loaded so far, by kind (None: damaged, skipped)."""
 
     @property
     def rows(self) -> int:

@@ -76,9 +76,26 @@ def _table(res) -> None:
         for col in ("name", "rows", "live", "deleted", "bytes", "indexes"):
             segs.add_column(col, justify="left" if col in ("name", "indexes") else "right")
         for s in res.segments:
-            idx = "; ".join(f"{k} " + " ".join(f"{pk}={pv}" for pk, pv in v.items()) for k, v in s.indexes.items()) or "-"
-            segs.add_row(s.name, f"{s.rows:,}", f"{s.live:,}", f"{s.deleted:,}", _fmt_bytes(s.bytes), idx)
+            segs.add_row(s.name, f"{s.rows:,}", f"{s.live:,}", f"{s.deleted:,}", _fmt_bytes(s.bytes), "\n".join(_index_summary(k, v) for k, v in s.indexes.items()) or "-")
         console.print(segs)
+    ivf = res.indexes.get("ivf")
+    if ivf:
+        console.print(
+            f"IVF posting lists over {ivf['segments']} segments ({', '.join(ivf['codecs'])}): {ivf['bits_per_id']:.3f} bits/ID; "
+            f"bound log2 C(N,n)/n {ivf['bound_bits_per_id']:.3f}; Elias-Fano {ivf['elias_fano_bits_per_id']:.3f}; raw {ivf['raw_bits_per_id']:.0f}"
+        )
+
+
+def _index_summary(kind: str, p: dict) -> str:
+    if kind == "hnsw":
+        deg = "/".join(f"{d:g}" for d in p.get("avg_out_degree", []))
+        return f"hnsw M={p.get('m')} efC={p.get('ef_construction')} levels={p.get('max_level', 0) + 1} out-degree {deg}, {_fmt_bytes(p['bytes'])}"
+    if kind == "ivf":
+        return (
+            f"ivf {p.get('codec')} nlist={p.get('nlist')} {p.get('bits_per_id', 0):.2f} bits/ID (bound {p.get('bound_bits_per_id', 0):.2f}), "
+            f"lists {p.get('list_size_min')}/{p.get('list_size_median')}/{p.get('list_size_max')} imbalance {p.get('imbalance_factor', 0):.2f}, {_fmt_bytes(p['bytes'])}"
+        )
+    return kind
 
 
 def register(app: typer.Typer) -> None:

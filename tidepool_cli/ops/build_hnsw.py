@@ -1,0 +1,71 @@
+"""``tidepool build-hnsw``: an HNSW graph per segment, as a sidecar file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tidepool_cli.engine import hnsw
+from tidepool_cli.errors import InvalidInputError
+from tidepool_cli.ops.indexing import BuildResult, build_indexes, engine_progress
+from tidepool_cli.ops.progress import NULL_PROGRESS, Progress
+from tidepool_cli.storage.lock import DEFAULT_LOCK_TIMEOUT
+from tidepool_cli.storage.sidecars import write_hnsw
+
+
+def build_hnsw(
+    index: str | Path,
+    *,
+    m: int = hnsw.DEFAULT_M,
+    ef_construction: int = hnsw.DEFAULT_EF_CONSTRUCTION,
+    force: bool = False,
+    min_rows: int = hnsw.MIN_ROWS_FOR_GRAPH,
+    seed: int = 0,
+    lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
+    progress: Progress = NULL_PROGRESS,
+) -> BuildResult:
+    """Build an HNSW graph (Malkov & Yashunin 2018) for every segment that lacks one.
+
+    Parameters
+    ----------
+    index : str or Path
+    m : int
+        M: neighbours per node on the upper layers (2M on layer 0).
+    ef_construction : int
+        Candidate-list size of the build.
+    force : bool
+        Rebuild segments that already have a graph.
+    min_rows : int
+        Segments with fewer rows stay on exact scan, which is faster there.
+    seed : int
+        Seed of the level draws and of any sampling in the build.
+    lock_timeout : float
+    progress : Progress
+
+    Returns
+    -------
+    BuildResult
+
+    Raises
+    ------
+    InvalidInputError
+        M < 2 or ef_construction < 1.
+    IndexNotFoundError, CorruptIndexError, LockTimeoutError, StorageIOError
+    """
+    if m < 2 or ef_construction < 1:
+        raise InvalidInputError(f"need --m >= 2 and --ef-construction >= 1, got {m} and {ef_construction}")
+
+    def build(seg, metric, prog):
+        callback = engine_progress(prog, f"hnsw {seg.name}", "nodes")
+        graph = hnsw.build_hnsw(seg.vectors, metric, m=m, ef_construction=ef_construction, seed=seed, progress=callback)
+        prog.finish()
+        st = graph.stats()
+        params = {
+            "m": m,
+            "ef_construction": ef_construction,
+            "max_level": st["max_level"],
+            "nodes_per_level": [lv["nodes"] for lv in st["levels"]],
+            "avg_out_degree": [lv["avg_out_degree"] for lv in st["levels"]],
+        }
+        return write_hnsw(seg.layout, seg.entry, graph, params)
+
+    return build_indexes(index, "hnsw", build, force=force, min_rows=min_rows, lock_timeout=lock_timeout, progress=progress)

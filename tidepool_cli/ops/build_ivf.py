@@ -1,0 +1,69 @@
+"""``tidepool build-ivf``: a k-means IVF index per segment, posting lists losslessly compressed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tidepool_cli.engine import idcodec, ivf
+from tidepool_cli.errors import InvalidInputError
+from tidepool_cli.ops.indexing import BuildResult, build_indexes, engine_progress
+from tidepool_cli.ops.progress import NULL_PROGRESS, Progress
+from tidepool_cli.storage.lock import DEFAULT_LOCK_TIMEOUT
+from tidepool_cli.storage.sidecars import write_ivf
+
+MIN_ROWS_FOR_IVF = 4096
+"""Segments with fewer rows stay on exact scan: a few thousand rows scan faster than they probe."""
+
+
+def build_ivf(
+    index: str | Path,
+    *,
+    nlist: int | None = None,
+    id_codec: str = "ans",
+    force: bool = False,
+    min_rows: int = MIN_ROWS_FOR_IVF,
+    seed: int = 0,
+    lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
+    progress: Progress = NULL_PROGRESS,
+) -> BuildResult:
+    """Build an IVF index (k-means coarse quantizer + compressed posting lists) per segment.
+
+    Parameters
+    ----------
+    index : str or Path
+    nlist : int, optional
+        Posting lists per segment (default :func:`~tidepool_cli.engine.ivf.default_nlist`, about 4·√n).
+    id_codec : {"ans", "roc", "elias-fano", "raw"}
+        Lossless codec of the posting lists (docs/IDCODEC.md).
+    force : bool
+        Rebuild segments that already have an IVF index.
+    min_rows : int
+        Segments with fewer rows stay on exact scan.
+    seed : int
+        Seed of the k-means sampling and seeding.
+    lock_timeout : float
+    progress : Progress
+
+    Returns
+    -------
+    BuildResult
+
+    Raises
+    ------
+    InvalidInputError
+        Unknown codec or nlist < 1.
+    IndexNotFoundError, CorruptIndexError, LockTimeoutError, StorageIOError
+    """
+    if id_codec not in idcodec.CODEC_NAMES:
+        raise InvalidInputError(f"unknown --id-codec {id_codec!r}; choose one of {', '.join(idcodec.CODEC_NAMES)}")
+    if nlist is not None and nlist < 1:
+        raise InvalidInputError(f"--nlist must be at least 1, got {nlist}")
+
+    def build(seg, metric, prog):
+        callback = engine_progress(prog, f"ivf {seg.name}", "rows")
+        lists = min(nlist, seg.rows) if nlist is not None else None
+        index_ = ivf.build_ivf(seg.vectors, metric, nlist=lists, codec=id_codec, seed=seed, progress=callback)
+        prog.finish()
+        return write_ivf(seg.layout, seg.entry, index_, index_.stats())
+
+    return build_indexes(index, "ivf", build, force=force, min_rows=min_rows, lock_timeout=lock_timeout, progress=progress)

@@ -1,0 +1,143 @@
+"""What ``build-hnsw`` and ``build-ivf`` share: pick segments, build, publish by rebase.
+
+A build works on a snapshot without the lock. It builds an index for every segment that
+lacks one (or every segment, with ``force``) and has at least ``min_rows`` rows, writes
+each as a sidecar file, and then, under the writer lock, publishes a new generation made
+from the *current* manifest: a sidecar is attached to its segment if that segment still
+has the same vector file, and dropped (its file removed) if a compaction merged the
+segment away meanwhile. A build therefore never conflicts; re-running it is a no-op.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from tidepool_cli.ops.progress import NULL_PROGRESS, Progress
+from tidepool_cli.ops.view import IndexView
+from tidepool_cli.storage.manifest import FileRef, read_current, write_manifest
+from tidepool_cli.storage.segment import Segment
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    """What an index build did.
+
+    Attributes
+    ----------
+    index : str
+    kind : str
+        "hnsw" or "ivf".
+    built : list of str
+        Segments that got a new index.
+    skipped_small : list of str
+        Segments below ``min_rows``: they stay on exact scan.
+    already_indexed : list of str
+        Segments that had an index already (rebuilt only with ``force``).
+    dropped : list of str
+        Segments merged away by a compaction while the build ran (their index was discarded).
+    generation : int
+        Current generation after the run.
+    seconds : float
+    segments : list of dict
+        Per built segment: name, rows, seconds and the index's parameters.
+    """
+
+    index: str
+    kind: str
+    built: list[str]
+    skipped_small: list[str]
+    already_indexed: list[str]
+    dropped: list[str]
+    generation: int
+    seconds: float
+    segments: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON form."""
+        return asdict(self)
+
+
+BuildFn = Callable[[Segment, str, Progress], FileRef]
+"""Builds the index of one segment (given the metric), writes its sidecar, returns the file reference."""
+
+
+def engine_progress(progress: Progress, label: str, unit: str) -> Callable[[int, int], None]:
+    """Adapt an ops :class:`Progress` to the engine's ``callback(done, total)`` convention."""
+    state = {"done": 0, "started": False}
+
+    def callback(done: int, total: int) -> None:
+        if not state["started"]:
+            progress.start(label, total, unit)
+            state["started"] = True
+        progress.advance(done - state["done"])
+        state["done"] = done
+
+    return callback
+
+
+def build_indexes(
+    index: str | Path,
+    key: str,
+    build: BuildFn,
+    *,
+    force: bool,
+    min_rows: int,
+    lock_timeout: float,
+    progress: Progress = NULL_PROGRESS,
+) -> BuildResult:
+    """Build the ``key`` index of every segment that needs one (see the module docstring).
+
+    Raises
+    ------
+    IndexNotFoundError, CorruptIndexError, LockTimeoutError, StorageIOError
+    """
+    t0 = time.perf_counter()
+    view = IndexView(index)
+    layout = view.layout
+    small = [s.name for s in view.segments if s.rows < min_rows]
+    already = [s.name for s in view.segments if key in s.entry.indexes and s.rows >= min_rows]
+    targets = [s for s in view.segments if s.rows >= min_rows and (force or key not in s.entry.indexes)]
+    refs: dict[str, tuple[Segment, FileRef, float]] = {}
+    try:
+        for seg in targets:
+            ts = time.perf_counter()
+            refs[seg.name] = (seg, build(seg, view.settings.metric, progress), time.perf_counter() - ts)
+    except BaseException:
+        for _, ref, _ in refs.values():
+            layout.path(ref.path).unlink(missing_ok=True)
+        raise
+    if not refs:
+        return BuildResult(str(index), key, [], small, already, [], view.manifest.generation, time.perf_counter() - t0)
+
+    published, attached = False, set()
+    try:
+        with layout.lock(f"build-{key}", lock_timeout):
+            current = read_current(layout)
+            now = time.time()
+            segments, obsolete = [], []
+            for entry in current.segments:
+                hit = refs.get(entry.name)
+                if hit is not None and entry.vectors == hit[0].entry.vectors:
+                    if key in entry.indexes:
+                        obsolete.append((entry.indexes[key].path, now))
+                    entry = replace(entry, indexes={**entry.indexes, key: hit[1]})
+                    attached.add(entry.name)
+                segments.append(entry)
+            if attached:
+                prev = [(layout.rel(layout.manifest_path(current.generation)), now)] if current.generation else []
+                new = current.successor(segments=tuple(segments), obsolete=current.obsolete + tuple(prev + obsolete))
+                published = True
+                write_manifest(layout, new)
+                current = new
+    finally:
+        for name, (_, ref, _) in refs.items():
+            if not published or name not in attached:
+                layout.path(ref.path).unlink(missing_ok=True)
+    built = sorted(attached)
+    per = [{"name": n, "rows": refs[n][0].rows, "seconds": round(refs[n][2], 3), **refs[n][1].params} for n in built]
+    dropped = sorted(set(refs) - attached)
+    return BuildResult(str(index), key, built, small, [n for n in already if n not in attached], dropped, current.generation, time.perf_counter() - t0, per)
