@@ -230,7 +230,10 @@ class AnsCodec:
             if not coder.is_empty():
                 raise CorruptIndexError("ans payload has words left over after decoding")
             lo = 0
-        terminals = np.flatnonzero(symbols != k - 1)
-        h = (np.diff(terminals, prepend=-1) - 1) * (k - 1) + symbols[terminals]
+        if total:
+            terminals = np.flatnonzero(symbols != k - 1)
+            h = (np.diff(terminals, prepend=-1) - 1) * (k - 1) + symbols[terminals]
+        else:  # the usual case: escapes have probability <= 2**-23 unless b hit its cap
+            h = symbols.astype(np.int64)
         ids = np.cumsum(((h << b) | lo) + 1) - 1
         return check_decoded(ids, n, universe, "ans")
