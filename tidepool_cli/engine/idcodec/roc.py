@@ -192,8 +192,9 @@ def roc_decode_sorted(buf: np.ndarray, n: int, universe: int) -> np.ndarray:
 class RocCodec:
     """Bits-back Random Order Coding, the reference set coder (``name = "roc"``).
 
-    Within about 10 bits of ``log2 C(N, n)`` per list for sparse random sets; one Python
-    step per ID, so roughly 10x slower than ``ans``. See the module docstring.
+    About 5 bits per list above ``log2 C(N, n)`` for sparse random sets (byte rounding
+    included), up to ~30 for lists denser than ``N / 4``; one Python step per ID, so
+    15-30x slower than ``ans``. See the module docstring.
     """
 
     name = "roc"
