@@ -88,3 +88,10 @@ def test_newer_version_and_unknown_features_are_refused(tmp_path):
     with pytest.raises(UnsupportedFormatError, match="feature"):
         open_container(path2, "g.bin", b"TEST", 1)
     assert HEADER.size == 64 and struct.calcsize("<Q") == 8
+
+
+def test_trailing_empty_section_still_gives_a_complete_file(tmp_path):
+    path = tmp_path / "e.bin"
+    nbytes, _ = write_container(path, b"TEST", 1, {}, {"a": np.arange(3, dtype=np.uint8), "z": np.zeros(0, np.uint8)})
+    assert path.stat().st_size == nbytes
+    assert open_container(path, "e.bin", b"TEST", 1, verify="all").array("z").shape == (0,)

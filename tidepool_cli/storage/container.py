@@ -198,7 +198,8 @@ def write_container_to(
         for a in arrs:
             crc = _write_array(f, a, crc)
         fault_point()
-        written_end = off + nbytes
+        if nbytes:  # an empty section writes nothing, so it cannot extend the file
+            written_end = off + nbytes
         entries.append(ENTRY.pack(_fixed(name, 24), _fixed(dtype.str, 4), SECTION_BULK if name in bulk else 0, off, nbytes, rows, cols, crc))
     if written_end < length:
         f.seek(start + length - 1)
