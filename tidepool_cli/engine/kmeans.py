@@ -69,9 +69,11 @@ def kmeans(
     idx = np.sort(rng.choice(n, size=n_train, replace=False)) if n_train < n else np.arange(n)
     xt = np.ascontiguousarray(x[idx], dtype=np.float32)
     centroids = _kmeanspp(xt, k, rng)
+    # Column-major copy for the per-dimension sums of _update (one transpose per call).
+    xt_cols = np.ascontiguousarray(xt.T) if niter else xt
     for _ in range(niter):
         labels, _ = assign(xt, centroids, "l2" if metric == "dot" else metric)
-        centroids = _update(xt, labels, centroids, rng)
+        centroids = _update(xt_cols, labels, centroids, rng)
         if metric == "cosine":
             centroids = _unit(centroids)
     return centroids
@@ -100,11 +102,14 @@ def assign(x: np.ndarray, centroids: np.ndarray, metric: str) -> tuple[np.ndarra
     # general top-k kernel for k = 1 since no candidate buffer is needed.
     scale = -2.0 if metric == "l2" else -1.0
     ct = np.ascontiguousarray((centroids * scale).T, dtype=np.float32)
-    csq = sqnorms(centroids) if metric == "l2" else np.zeros(centroids.shape[0], np.float32)
+    csq = sqnorms(centroids) if metric == "l2" else None
+    # A reused output block spares the page faults of a fresh (batch, k) array per batch.
+    out = np.empty((min(n, ASSIGN_BATCH), centroids.shape[0]), dtype=np.float32)
     for s in range(0, n, ASSIGN_BATCH):
         xb = np.ascontiguousarray(x[s : s + ASSIGN_BATCH], dtype=np.float32)
-        proxy = xb @ ct
-        proxy += csq
+        proxy = np.matmul(xb, ct, out=out[: xb.shape[0]])
+        if csq is not None:
+            proxy += csq
         lab = proxy.argmin(axis=1)
         best = proxy[np.arange(xb.shape[0]), lab]
         labels[s : s + xb.shape[0]] = lab
@@ -135,20 +140,27 @@ def _kmeanspp(x: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
         c = int(np.searchsorted(np.cumsum(d2), u[j] * total, side="right"))
         chosen[j] = min(c, m - 1)
         c = pool[chosen[j]]
-        # One GEMV over a cache-resident pool; rounding only perturbs sampling weights.
-        np.minimum(d2, np.maximum(psq - 2.0 * (pool @ c) + psq[chosen[j]], 0.0), out=d2)
+        # einsum, not a BLAS GEMV: OpenBLAS splits a GEMV of this size over its threads,
+        # and k tiny thread hand-offs cost 5-50x the product on a busy 2-core machine.
+        # Rounding only perturbs sampling weights.
+        ip = np.einsum("ij,j->i", pool, c)
+        np.minimum(d2, np.maximum(psq - 2.0 * ip + psq[chosen[j]], 0.0), out=d2)
     return pool[chosen].copy()
 
 
-def _update(x: np.ndarray, labels: np.ndarray, old: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Centroid means; an empty cluster takes half of the largest one (faiss-style split)."""
+def _update(x_cols: np.ndarray, labels: np.ndarray, old: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Centroid means; an empty cluster takes half of the largest one (faiss-style split).
+
+    ``x_cols`` is the (d, n) transpose of the training rows. Each dimension is summed with
+    one float64 ``bincount`` in row order, the same order and precision as a segmented
+    sum over rows sorted by label, without the (n, d) float64 copy that costs.
+    """
     k, d = old.shape
-    order = np.argsort(labels, kind="stable")
     counts = np.bincount(labels, minlength=k)
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    sums = np.zeros((k, d), dtype=np.float64)
+    sums = np.empty((k, d), dtype=np.float64)
+    for j in range(d):
+        sums[:, j] = np.bincount(labels, weights=x_cols[j], minlength=k)
     nonempty = counts > 0
-    sums[nonempty] = np.add.reduceat(x[order].astype(np.float64), starts[nonempty], axis=0)
     centroids = old.copy()
     centroids[nonempty] = (sums[nonempty] / counts[nonempty, None]).astype(np.float32)
     counts = counts.astype(np.float64)
