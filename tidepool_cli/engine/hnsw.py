@@ -50,8 +50,14 @@ FILTER_EXACT_BELOW = 0.02
 """Allowed fraction below which exact search over the allowed rows beats a filtered graph
 search (docs/HNSW.md); :func:`search_hnsw` itself switches to it below this fraction."""
 
-CANDIDATES_PER_SLOT = 2
-"""k-NN candidates offered to the heuristic per neighbour slot (capped by ef_construction)."""
+CANDIDATES_PER_SLOT = 3
+"""Layer-0 candidates of each kind per neighbour slot: ``min(ef_construction, 3 * 2M)``."""
+
+UPPER_CANDIDATES = 200
+"""Upper-layer candidates of each kind, capped by ef_construction (those layers are small)."""
+
+PREFIX_EXACT = 2048
+"""Rows inserted first, each against all rows before it (exact)."""
 
 QUERY_BATCH = 1024
 """Queries searched in lockstep at most."""
@@ -157,7 +163,8 @@ def build_hnsw(
     ----------
     x : (n, d) float32
         Vectors, stored form (unit rows for cosine). A read-only ``numpy.memmap`` is read
-        without a whole copy; layers above 0 copy their own rows (n/M of them).
+        without a whole copy; layers above 0 copy their own rows (n/M of them). For dot,
+        the build works on an augmented copy (see :func:`_mips_to_l2`).
     metric : {"l2", "cosine", "dot"}
     m : int
         M, >= 2: neighbours per node on upper layers, 2M on layer 0.
@@ -198,12 +205,22 @@ def build_hnsw(
     rng = np.random.default_rng(seed)
     draw = -np.log1p(-rng.random(n)) / math.log(m)
     levels = np.minimum(np.floor(draw), 255).astype(np.uint8)
+    # The order in which the paper's incremental build would insert the rows.
+    inserted_at = rng.permutation(n)
     top = int(levels.max())
     members = [np.flatnonzero(levels >= lvl).astype(np.int32) for lvl in range(1, top + 1)]
     # Lowest position among the top-level nodes: deterministic, and any one will do.
     entry_point = int(members[-1][0]) if top else 0
 
-    sq = sqnorms(x) if metric == "l2" else None
+    build_metric = metric
+    if metric == "dot":
+        # The heuristic on inner products keeps a few large-norm hubs per node and cuts
+        # the rest of the graph off. Build on the l2 geometry of x' = [x, sqrt(R² - |x|²)]
+        # instead (Bachrach et al., RecSys 2014): |[q, 0] - x'|² = |q|² + R² - 2 q.x, so
+        # the l2 neighbours of x' are the inner-product neighbours of x, and searching
+        # the graph by -q.x walks it exactly as l2 on x' would.
+        x, build_metric = _mips_to_l2(x), "l2"
+    sq = sqnorms(x) if build_metric == "l2" else None
     total = 3 * (n + sum(int(a.size) for a in members))
     done = [0]
 
@@ -212,13 +229,20 @@ def build_hnsw(
         if progress is not None:
             progress(min(done[0], total), total)
 
-    layer0 = _build_layer(x, sq, 2 * m, ef_construction, metric, entry_point, seed, tick)
+    k0 = min(ef_construction, CANDIDATES_PER_SLOT * 2 * m)
+    layer0 = _build_layer(x, sq, 2 * m, k0, build_metric, entry_point, np.argsort(inserted_at), seed, tick)
     upper_neighbors = []
     for lvl, ids in enumerate(members, start=1):
-        sub = np.ascontiguousarray(x[ids], dtype=np.float32)
-        start = int(np.searchsorted(ids, entry_point))
         local = _build_layer(
-            sub, None if sq is None else sq[ids], m, ef_construction, metric, start, seed + lvl, tick
+            np.ascontiguousarray(x[ids], dtype=np.float32),
+            None if sq is None else sq[ids],
+            m,
+            min(ef_construction, UPPER_CANDIDATES),
+            build_metric,
+            int(np.searchsorted(ids, entry_point)),
+            np.argsort(inserted_at[ids]),
+            seed + lvl,
+            tick,
         )
         upper_neighbors.append(np.where(local >= 0, ids[local.clip(0)], -1).astype(np.int32))
     if progress is not None:
@@ -235,23 +259,66 @@ def build_hnsw(
     )
 
 
-def _build_layer(x, sq, degree, ef_construction, metric, start, seed, tick):
-    """(n, degree) int32 neighbour rows of one layer over all rows of ``x``."""
+def _mips_to_l2(x: np.ndarray) -> np.ndarray:
+    """(n, d + 1) float32 rows ``[x, sqrt(R² - |x|²)]`` with R the largest norm: all of norm R."""
+    sq = sqnorms(x).astype(np.float64)
+    out = np.empty((x.shape[0], x.shape[1] + 1), dtype=np.float32)
+    out[:, :-1] = x
+    out[:, -1] = np.sqrt(np.maximum(sq.max() - sq, 0.0))
+    return out
+
+
+def _build_layer(x, sq, degree, k, metric, start, order, seed, tick):
+    """(n, degree) int32 neighbour rows of one layer over the rows of ``x``.
+
+    Each row is offered two candidate lists of length ``k``: its nearest among the rows
+    inserted before it (what the paper's insertion finds, :func:`_insertion_candidates`)
+    and its nearest among all rows (what later insertions would add as reverse edges).
+    The heuristic picks at most ``degree`` out-edges, every edge is mirrored, lists that
+    overflow are pruned again by the heuristic, and rows without a path from ``start``
+    get an in-edge.
+    """
     n = x.shape[0]
-    k = max(1, min(ef_construction, CANDIDATES_PER_SLOT * degree))
-    cand, cdist = g.knn_candidates(x, k, metric=metric, xb_sqnorms=sq, seed=seed, tick=tick)
+    early_i, early_d = _insertion_candidates(x, sq, k, metric, order, seed)
+    near_i, near_d = g.knn_candidates(x, k, metric=metric, xb_sqnorms=sq, seed=seed)
+    cand, cdist = g.best_unique(
+        np.concatenate((near_i, early_i), axis=1), np.concatenate((near_d, early_d), axis=1), 2 * k
+    )
+    tick(n)
     fwd, fwd_d = g.select_neighbors(x, cand, cdist, degree, metric=metric, xb_sqnorms=sq, tick=tick)
     both, both_d = g.with_reverse_edges(fwd, fwd_d, 2 * degree)
     adj = np.ascontiguousarray(both[:, :degree], dtype=np.int32)
     over = np.flatnonzero(both[:, degree] >= 0)
     if over.size:
-        adj[over], _ = g.select_neighbors(
-            x, both[over], both_d[over], degree, metric=metric, xb_sqnorms=sq
-        )
-    tick(n - over.size)
-    tick(over.size)
+        adj[over], _ = g.select_neighbors(x, both[over], both_d[over], degree, metric=metric, xb_sqnorms=sq)
+    tick(n)
     g.connect_unreachable(x, adj, start, cand, metric=metric)
     return adj
+
+
+def _insertion_candidates(x, sq, k, metric, order, seed):
+    """Per row, its k nearest among the rows inserted before it (``order``: insertion order).
+
+    The first ``PREFIX_EXACT`` rows are inserted one by one (exactly); the rest in rounds
+    that double the graph, a round's rows searching the rows of earlier rounds only. This
+    is the candidate list an insertion of the paper gets from its ef_construction search,
+    with the search replaced by a (partitioned) exact k-NN: early rows meet a sparse graph
+    and get the long edges that make a layer navigable across clusters.
+    """
+    n = x.shape[0]
+    ids = np.full((n, k), -1, dtype=np.int64)
+    dist = np.full((n, k), np.inf, dtype=np.float32)
+    head = order[: min(n, PREFIX_EXACT)]
+    ids[head], dist[head] = g.prefix_candidates(x, head, k, metric=metric, xb_sqnorms=sq)
+    lo = head.size
+    while lo < n:
+        hi = min(n, 2 * lo)
+        rows = order[lo:hi]
+        ids[rows], dist[rows] = g.knn_candidates(
+            x, k, metric=metric, xb_sqnorms=sq, members=np.sort(order[:lo]), queries=rows, seed=seed + lo
+        )
+        lo = hi
+    return ids, dist
 
 
 def search_hnsw(
@@ -303,8 +370,8 @@ def search_hnsw(
     D : (nq, k) float32
         Distances in the public convention, ascending, +inf padded.
     I : (nq, k) int64
-        Row positions, -1 padded. Whenever at least k rows are allowed, every query gets
-        k results: a query whose beam found fewer falls back to an exact scan.
+        Row positions, -1 padded. Every query gets ``min(k, allowed rows)`` results: a
+        query whose beam found fewer falls back to an exact scan.
 
     Raises
     ------
@@ -380,8 +447,9 @@ def search_hnsw(
         for s in starts:
             run(s)
 
-    short = np.flatnonzero(I[:, k - 1] < 0)
-    if short.size and n_allowed >= k:
+    # The beam can miss allowed rows a filter leaves scattered: complete those queries exactly.
+    short = np.flatnonzero(I[:, min(k, n_allowed) - 1] < 0)
+    if short.size:
         D[short], I[short] = knn(xq[short], x, k, metric, xb_sqnorms=xb_sqnorms, allowed=allowed)
     return D, I
 
