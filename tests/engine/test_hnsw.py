@@ -124,8 +124,8 @@ def test_fewer_allowed_rows_than_k(siftsmall, sift_graph):
 
 def test_same_seed_same_graph_other_seed_other_graph():
     x = clustered(3000, 24, seed=3)
-    a = build_hnsw(x, "l2", m=8, seed=11)
-    b = build_hnsw(x, "l2", m=8, seed=11)
+    a = build_hnsw(x, "l2", m=8, seed=11, threads=1)
+    b = build_hnsw(x, "l2", m=8, seed=11, threads=2)
     c = build_hnsw(x, "l2", m=8, seed=12)
     for name in ("levels", "layer0"):
         np.testing.assert_array_equal(getattr(a, name), getattr(b, name))

@@ -26,7 +26,9 @@ are kept non-negative for ``l2`` and ``cosine`` so their IEEE bits sort like the
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -47,6 +49,9 @@ HASHED_VISITED_SLOTS = 1 << 13
 
 _HASH_MUL = np.uint32(0x9E37_79B1)
 
+STRAGGLER_EXPAND = 4
+"""Expansion multiplier once fewer than a quarter of a batch's queries are still walking."""
+
 GATHER_CHUNK_BYTES = 1 << 20
 """Gathered rows per distance chunk (kept L2-resident)."""
 
@@ -55,6 +60,22 @@ PRUNE_BLOCK_BYTES = 1 << 23
 
 _PRUNE_RANKS = 16
 """Candidate ranks decided per step of the lazy heuristic."""
+
+
+def parallel(fn: Callable[[int], None], items, workers: int) -> None:
+    """Call ``fn`` on every item, on up to ``workers`` threads.
+
+    The items' numpy work (gathers, GEMMs, sorts) releases the GIL, so blocks overlap
+    on the cores; ``fn`` must write disjoint outputs or lock what it shares.
+    """
+    items = list(items)
+    if workers <= 1 or len(items) <= 1:
+        for it in items:
+            fn(it)
+        return
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for _ in pool.map(fn, items):
+            pass
 
 
 def beam_search(
@@ -145,14 +166,19 @@ def beam_search(
         blk[er[~allowed[eid]], ec[~allowed[eid]]] = SENTINEL
         res = _merge(np.full((nq, n_results), SENTINEL, dtype=np.int64), blk, lossy)
     act = np.arange(nq)
+    rix = act[:, None]
+    base = None if visited is None else visited.base(act)
 
     while act.size:
         unexp = (bm & 1).astype(bool)
-        if expand == 1:
+        # Few queries left: the hop's numpy calls cost the same, so expand more per hop
+        # and finish the stragglers in fewer hops.
+        e = expand if 4 * act.size >= nq else min(ef, STRAGGLER_EXPAND * expand)
+        if e == 1:
             pick = unexp.argmax(axis=1)[:, None]
         else:
-            pick = np.argsort(~unexp, axis=1, kind="stable")[:, :expand]
-        pk = np.take_along_axis(bm, pick, axis=1)
+            pick = np.argsort(~unexp, axis=1, kind="stable")[:, :e]
+        pk = bm[rix, pick]
         real = (pk & 1).astype(bool)
         live = real[:, 0]
         if not live.all():
@@ -164,12 +190,14 @@ def beam_search(
             act, bm, pick, pk, real = act[live], bm[live], pick[live], pk[live], real[live]
             if not act.size:
                 break
+            rix = rix[: act.size]
+            base = None if visited is None else visited.base(act)
         # Clearing bit 0 marks a node expanded without moving it in the sort order.
-        np.put_along_axis(bm, pick, pk & ~1, axis=1)
+        bm[rix, pick] = pk & ~1
         eid = (pk >> 1) & _ID_MASK
-        if expand > 1:
-            # A row with fewer unexpanded nodes than `expand` also picked expanded or
-            # empty slots: look up node 0 in their place and drop its neighbours.
+        if e > 1:
+            # A row with fewer unexpanded nodes than `e` also picked expanded or empty
+            # slots: look up node 0 in their place and drop its neighbours.
             eid[~real] = 0
             nb = adjacency[_rows_of(eid, nodes)]
             nb[~real] = -1
@@ -180,7 +208,7 @@ def beam_search(
             nb = adjacency[_rows_of(eid[:, 0], nodes)]
         new = nb >= 0
         if visited is not None:
-            new = visited.filter(act, nb, new)
+            new = visited.filter(base, nb, new)
         r, c = np.nonzero(new)
         if not r.size:
             continue
@@ -298,21 +326,24 @@ class _Visited:
             self.slots = n
             self.table = np.zeros(nq * n, dtype=bool)
 
-    def _flat(self, qrows: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    def _flat_from(self, base: np.ndarray, ids: np.ndarray) -> np.ndarray:
         if self.lossy:
-            slot = (ids.astype(np.uint32) * _HASH_MUL) >> self.shift
-            return qrows * self.slots + slot.astype(np.int64)
-        return qrows * self.slots + ids.astype(np.int64)
+            return base + ((ids.astype(np.uint32) * _HASH_MUL) >> self.shift)
+        return base + ids
 
     def mark(self, qrows: np.ndarray, ids: np.ndarray) -> None:
-        self.table[self._flat(qrows, ids)] = ids if self.lossy else True
+        self.table[self._flat_from(qrows * self.slots, ids)] = ids if self.lossy else True
 
-    def filter(self, act: np.ndarray, nb: np.ndarray, valid: np.ndarray) -> np.ndarray:
-        """Mask of the ids in ``nb`` (row i belongs to query ``act[i]``) not visited yet; marks them.
+    def base(self, act: np.ndarray) -> np.ndarray:
+        """(len(act), 1) offsets of the tables of queries ``act``."""
+        return (act * self.slots)[:, None]
+
+    def filter(self, base: np.ndarray, nb: np.ndarray, valid: np.ndarray) -> np.ndarray:
+        """Mask of the ids in ``nb`` (row i belongs to the query at ``base[i]``) not visited yet; marks them.
 
         ``nb`` must not repeat an id within a row.
         """
-        flat = self._flat(act[:, None], nb)
+        flat = self._flat_from(base, nb)
         if self.lossy:
             new = valid & (self.table[flat] != nb)
             self.table[flat[new]] = nb[new]
@@ -333,7 +364,8 @@ def select_neighbors(
     alpha: float = 1.0,
     xb_sqnorms: np.ndarray | None = None,
     tick: Callable[[int], None] | None = None,
-) -> np.ndarray:
+    workers: int = 1,
+) -> tuple[np.ndarray, np.ndarray]:
     """α-pruned neighbour selection (RobustPrune) for a batch of nodes.
 
     Candidates are visited nearest first; candidate ``e`` is kept unless a kept ``r``
@@ -361,7 +393,9 @@ def select_neighbors(
     xb_sqnorms : (n,) float32, optional
         Squared norms of ``x`` (l2); computed from the gathered rows when absent.
     tick : callable(int), optional
-        Called with the number of nodes finished after each block.
+        Called with the number of nodes finished after each block (from worker threads).
+    workers : int
+        Threads working on node blocks; the result does not depend on it.
 
     Returns
     -------
@@ -379,13 +413,17 @@ def select_neighbors(
     d = x.shape[1]
     scale = np.float32(alpha * alpha if metric == "l2" else alpha)
     step = min(1024, max(64, PRUNE_BLOCK_BYTES // (K * d * 4)))
-    for s in range(0, b, step):
+
+    def block(s: int) -> None:
         c = cand[s : s + step]
         cd = np.asarray(cand_dist[s : s + step], dtype=np.float32)
         valid = c >= 0
         safe = np.where(valid, c, c[:, :1].clip(0))
         v = np.asarray(x[safe.ravel()], dtype=np.float32).reshape(*c.shape, d)
-        kept = _prune_block(_augmented(v, xb_sqnorms, safe, metric, scale), cd, valid, degree)
+        sq = None
+        if metric == "l2":
+            sq = xb_sqnorms[safe] if xb_sqnorms is not None else np.einsum("bkd,bkd->bk", v, v)
+        kept = _prune_block(v, sq, cd, valid, degree, scale, metric)
         order = np.argsort(~kept, axis=1, kind="stable")[:, :degree]
         took = np.take_along_axis(kept, order, axis=1)
         e = s + c.shape[0]
@@ -394,53 +432,39 @@ def select_neighbors(
         out_d[s:e, :w] = np.where(took, np.take_along_axis(cd, order, axis=1), np.inf)
         if tick is not None:
             tick(c.shape[0])
+
+    parallel(block, range(0, b, step), workers)
     return out, out_d
 
 
-def _augmented(v, xb_sqnorms, safe, metric, scale):
-    """Left operands ``L`` and a maker of right operands ``R`` with ``L[i] · R[j] = scale · d(i, j)``.
-
-    Folding the norms (l2: ``[v, |v|², 1] · [-2v, 1, |v|²]``) and the pruning slack into
-    the operands makes one batched matmul produce scaled distances directly. Right
-    operands are built per rank block, where they are used, to keep them in cache.
-    """
-    nb, K, d = v.shape
-    extra = 2 if metric == "l2" else 1
-    left = np.empty((nb, K, d + extra), dtype=np.float32)
-    left[:, :, :d] = v
-    left[:, :, d] = 1.0
-    sq = None
+def _scaled_dist(g, sqa, sqb, scale, metric):
+    """In place: Gram block g (nb, i, j) -> ``scale`` times the distances it stands for."""
     if metric == "l2":
-        sq = xb_sqnorms[safe] if xb_sqnorms is not None else np.einsum("bkd,bkd->bk", v, v)
-        left[:, :, d + 1] = sq
-
-    def right(j0, j1):
-        r = np.empty((nb, j1 - j0, d + extra), dtype=np.float32)
-        np.multiply(v[:, j0:j1], -2.0 * scale if sq is not None else -scale, out=r[:, :, :d])
-        if sq is not None:
-            np.multiply(sq[:, j0:j1], scale, out=r[:, :, d])
-            r[:, :, d + 1] = scale
-        else:
-            r[:, :, d] = scale if metric == "cosine" else 0.0
-        return r.transpose(0, 2, 1)
-
-    return left, right
+        g *= -2.0 * scale
+        g += (sqa * scale)[:, :, None]
+        g += (sqb * scale)[:, None, :]
+    elif metric == "cosine":
+        np.subtract(scale, g * scale, out=g)
+    else:
+        g *= -scale
+    return g
 
 
-def _prune_block(ops, cd, valid, degree):
+def _prune_block(v, sq, cd, valid, degree, scale, metric):
     """Kept mask (nb, K) of the sequential heuristic, evaluated lazily in rank blocks.
 
     Only kept candidates prune, and a node keeps few of its candidates (about a third
     of the slots on real data), so instead of all K² candidate pairs each block of
-    ``_PRUNE_RANKS`` ranks is compared with the candidates kept so far and with itself:
-    the same decisions for several times fewer flops.
+    ``_PRUNE_RANKS`` ranks is compared with the candidates kept so far (copied to a
+    small buffer as they are kept) and with itself: the same decisions for several
+    times fewer flops and bytes.
     """
-    left, right = ops
-    nb, K, _ = left.shape
-    rows = np.arange(nb)[:, None]
+    nb, K, d = v.shape
     pruned = ~valid
     kept = np.zeros((nb, K), dtype=bool)
     count = np.zeros(nb, dtype=np.int64)
+    kv = np.zeros((nb, degree, d), dtype=np.float32)
+    ksq = np.zeros((nb, degree), dtype=np.float32)
     for j0 in range(0, K, _PRUNE_RANKS):
         j1 = min(K, j0 + _PRUNE_RANKS)
         live = (count < degree) & ~pruned[:, j0:j1].all(axis=1)
@@ -448,22 +472,41 @@ def _prune_block(ops, cd, valid, degree):
             if not ((count < degree) & ~pruned[:, j1:].all(axis=1)).any():
                 break
             continue
-        rt, cdb = right(j0, j1), cd[:, None, j0:j1]
+        blk, cdb = v[:, j0:j1], cd[:, None, j0:j1]
+        sqb = None if sq is None else sq[:, j0:j1]
+        bt = blk.transpose(0, 2, 1)
         nk = int(count.max())
         if nk:
-            # Positions of the kept candidates, padded with a never-kept position.
-            pos = np.argsort(~kept[:, :j0], axis=1, kind="stable")[:, :nk]
-            has = np.take_along_axis(kept[:, :j0], pos, axis=1)
-            hit = np.matmul(left[rows, pos], rt) < cdb
-            hit &= has[:, :, None]
+            dk = _scaled_dist(np.matmul(kv[:, :nk], bt), ksq[:, :nk], sqb, scale, metric)
+            hit = dk < cdb
+            hit &= (np.arange(nk) < count[:, None])[:, :, None]
             pruned[:, j0:j1] |= hit.any(axis=1)
-        # prunes[i, a, e]: candidate j0 + a, if kept, prunes candidate j0 + e.
-        prunes = np.matmul(left[:, j0:j1], rt) < cdb
+        before = count.copy()
+        # Candidates of the block prune each other only where two of them survived the
+        # kept ones; most rows have at most one left, so only the others need the Gram.
+        pair = np.flatnonzero((~pruned[:, j0:j1]).sum(axis=1) > 1)
+        if pair.size:
+            sub = blk[pair]
+            # prunes[i, a, e]: candidate j0 + a, if kept, prunes candidate j0 + e.
+            prunes = _scaled_dist(
+                np.matmul(sub, sub.transpose(0, 2, 1)),
+                None if sqb is None else sqb[pair],
+                None if sqb is None else sqb[pair],
+                scale,
+                metric,
+            ) < cdb[pair]
         for j in range(j0, j1):
             keep = ~pruned[:, j] & (count < degree)
             kept[:, j] = keep
             count += keep
-            pruned[:, j0:j1] |= keep[:, None] & prunes[:, j - j0, :]
+            if pair.size:
+                pruned[pair, j0:j1] |= keep[pair, None] & prunes[:, j - j0, :]
+        r, c = np.nonzero(kept[:, j0:j1])
+        if r.size:
+            slot = before[r] + np.arange(r.size) - np.searchsorted(r, r)
+            kv[r, slot] = blk[r, c]
+            if sqb is not None:
+                ksq[r, slot] = sqb[r, c]
     return kept
 
 
@@ -493,6 +536,7 @@ def knn_candidates(
     queries: np.ndarray | None = None,
     seed: int = 0,
     tick: Callable[[int], None] | None = None,
+    workers: int = 1,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Approximate k nearest other rows of every row: the candidate lists of a graph build.
 
@@ -525,7 +569,9 @@ def knn_candidates(
     seed : int
         Seed of the k-means; equal seeds give equal candidates.
     tick : callable(int), optional
-        Called with the number of rows finished now and then.
+        Called with the number of member rows finished now and then (from worker threads).
+    workers : int
+        Threads working on clusters; the result does not depend on it.
 
     Returns
     -------
@@ -551,12 +597,12 @@ def knn_candidates(
             home = _nearest_centroids(xm, cent, 1, metric)[:, 0]
             xr = x if queries is None else np.asarray(x[rows], dtype=np.float32)
             near = _nearest_centroids(xr, cent, min(IVF_PROBES, cent.shape[0]), metric)
-        _cluster_knn(x, sq, metric, rows, mem, home, near, keys, tick)
+        _cluster_knn(x, sq, metric, rows, mem, home, near, keys, tick, workers)
     ids, dist = _decode(keys, metric)
     return ids, dist
 
 
-def _cluster_knn(x, sq, metric, rows, mem_ids, home, near, keys, tick):
+def _cluster_knn(x, sq, metric, rows, mem_ids, home, near, keys, tick, workers):
     """Fill ``keys``: for each query row, its best candidates among the members of its probed clusters.
 
     Query slot i is row ``rows[i]`` and probes clusters ``near[i]``; member ``mem_ids[j]``
@@ -571,7 +617,9 @@ def _cluster_knn(x, sq, metric, rows, mem_ids, home, near, keys, tick):
     by_probe = np.argsort(flat, kind="stable")
     probe_bounds = np.searchsorted(flat[by_probe], np.arange(nlist + 1))
     scale = np.float32(-2.0 if metric == "l2" else -1.0)
-    for c in range(nlist):
+    lock = threading.Lock()
+
+    def cluster(c: int) -> None:
         members = mem_ids[by_home[home_bounds[c] : home_bounds[c + 1]]]
         slots = by_probe[probe_bounds[c] : probe_bounds[c + 1]] // probes
         for m0 in range(0, members.size, _TOPK_COLS):
@@ -598,10 +646,15 @@ def _cluster_knn(x, sq, metric, rows, mem_ids, home, near, keys, tick):
                     vals = np.maximum(vals + 1.0, 0.0)
                 new = _encode(vals, mem[cols], metric)
                 new[~np.isfinite(vals)] = SENTINEL
-                merged = np.sort(np.concatenate((keys[sb], new), axis=1), axis=1)
-                keys[sb] = merged[:, :k]
+                # Other clusters update the same rows; keys are distinct, so the kept
+                # best k do not depend on the order of the merges.
+                with lock:
+                    merged = np.sort(np.concatenate((keys[sb], new), axis=1), axis=1)
+                    keys[sb] = merged[:, :k]
         if tick is not None:
             tick(members.size)
+
+    parallel(cluster, range(nlist), workers)
 
 
 def prefix_candidates(
@@ -611,6 +664,7 @@ def prefix_candidates(
     *,
     metric: str,
     xb_sqnorms: np.ndarray | None = None,
+    workers: int = 1,
 ) -> tuple[np.ndarray, np.ndarray]:
     """For the i-th row of ``order``, its k nearest among ``order[:i]`` (exact, blocked GEMM).
 
@@ -626,6 +680,8 @@ def prefix_candidates(
     metric : {"l2", "cosine", "dot"}
     xb_sqnorms : (n,) float32, optional
         Squared norms of ``x`` (l2).
+    workers : int
+        Threads working on row blocks; the result does not depend on it.
 
     Returns
     -------
@@ -644,7 +700,8 @@ def prefix_candidates(
         sq = np.asarray(xb_sqnorms, dtype=np.float32)[order] if xb_sqnorms is not None else sqnorms(xo)
     keys = np.full((t, k), SENTINEL, dtype=np.int64)
     step = max(1, (1 << 22) // max(t, 1))
-    for r0 in range(1, t, step):
+
+    def block(r0: int) -> None:
         r1 = min(t, r0 + step)
         proxy = xo[r0:r1] @ xs[:r1].T
         if sq is not None:
@@ -660,6 +717,8 @@ def prefix_candidates(
         new[~np.isfinite(vals)] = SENTINEL
         new.sort(axis=1)
         keys[r0:r1, : new.shape[1]] = new[:, :k]
+
+    parallel(block, range(1, t, step), workers)
     return _decode(keys, metric)
 
 

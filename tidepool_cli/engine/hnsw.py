@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -38,7 +39,7 @@ from tidepool_cli.errors import InvalidInputError
 DEFAULT_M = 16
 DEFAULT_EF_CONSTRUCTION = 200
 
-DEFAULT_EF_SEARCH = 24
+DEFAULT_EF_SEARCH = 16
 """Beam width at layer 0 when the caller gives none: recall@10 >= 0.95 with the default
 M and ef_construction on siftsmall and fashion-mnist (docs/HNSW.md)."""
 
@@ -62,13 +63,16 @@ PREFIX_EXACT = 2048
 QUERY_BATCH = 1024
 """Queries searched in lockstep at most."""
 
+SPLIT_MIN = 32
+"""Smallest batch a query set is split into to keep several threads busy."""
+
 VISITED_BYTES = 1 << 25
 """Budget of one batch's visited table; bounds the batch size for large n."""
 
-SEARCH_EXPAND = 2
+SEARCH_EXPAND = 1
 """Beam nodes expanded per query and hop at layer 0."""
 
-UPPER_SCAN_SIZE = 1 << 19
+UPPER_SCAN_SIZE = 1 << 14
 """Search starts with an exact scan of the lowest layer with at most this many nodes * d."""
 
 LAYER0_SEEDS = 4
@@ -151,6 +155,7 @@ def build_hnsw(
     ef_construction: int = DEFAULT_EF_CONSTRUCTION,
     seed: int = 0,
     progress: Callable[[int, int], None] | None = None,
+    threads: int | None = None,
 ) -> HnswGraph:
     """Build an HNSW graph over the rows of ``x``.
 
@@ -175,7 +180,11 @@ def build_hnsw(
         Seed of the level draw and of the partitioning k-means; equal seeds and inputs
         give equal graphs.
     progress : callable(done, total), optional
-        Called now and then with work units done and total.
+        Called now and then with work units done and total (under a lock, possibly
+        from a worker thread).
+    threads : int, optional
+        Threads working on blocks of rows; default: the CPUs this process may use.
+        The graph does not depend on it.
 
     Returns
     -------
@@ -223,14 +232,20 @@ def build_hnsw(
     sq = sqnorms(x) if build_metric == "l2" else None
     total = 3 * (n + sum(int(a.size) for a in members))
     done = [0]
+    lock = threading.Lock()
 
     def tick(units: int) -> None:
-        done[0] += units
-        if progress is not None:
-            progress(min(done[0], total), total)
+        # Worker threads report blocks; the callback sees one ordered sequence.
+        with lock:
+            done[0] += units
+            if progress is not None:
+                progress(min(done[0], total), total)
 
     k0 = min(ef_construction, CANDIDATES_PER_SLOT * 2 * m)
-    layer0 = _build_layer(x, sq, 2 * m, k0, build_metric, entry_point, np.argsort(inserted_at), seed, tick)
+    workers = _threads(threads)
+    layer0 = _build_layer(
+        x, sq, 2 * m, k0, build_metric, entry_point, np.argsort(inserted_at), seed, tick, workers
+    )
     upper_neighbors = []
     for lvl, ids in enumerate(members, start=1):
         local = _build_layer(
@@ -243,6 +258,7 @@ def build_hnsw(
             np.argsort(inserted_at[ids]),
             seed + lvl,
             tick,
+            workers,
         )
         upper_neighbors.append(np.where(local >= 0, ids[local.clip(0)], -1).astype(np.int32))
     if progress is not None:
@@ -268,7 +284,7 @@ def _mips_to_l2(x: np.ndarray) -> np.ndarray:
     return out
 
 
-def _build_layer(x, sq, degree, k, metric, start, order, seed, tick):
+def _build_layer(x, sq, degree, k, metric, start, order, seed, tick, workers):
     """(n, degree) int32 neighbour rows of one layer over the rows of ``x``.
 
     Each row is offered two candidate lists of length ``k``: its nearest among the rows
@@ -279,24 +295,28 @@ def _build_layer(x, sq, degree, k, metric, start, order, seed, tick):
     get an in-edge.
     """
     n = x.shape[0]
-    early_i, early_d = _insertion_candidates(x, sq, k, metric, order, seed)
-    near_i, near_d = g.knn_candidates(x, k, metric=metric, xb_sqnorms=sq, seed=seed)
+    early_i, early_d = _insertion_candidates(x, sq, k, metric, order, seed, workers)
+    near_i, near_d = g.knn_candidates(x, k, metric=metric, xb_sqnorms=sq, seed=seed, workers=workers)
     cand, cdist = g.best_unique(
         np.concatenate((near_i, early_i), axis=1), np.concatenate((near_d, early_d), axis=1), 2 * k
     )
     tick(n)
-    fwd, fwd_d = g.select_neighbors(x, cand, cdist, degree, metric=metric, xb_sqnorms=sq, tick=tick)
+    fwd, fwd_d = g.select_neighbors(
+        x, cand, cdist, degree, metric=metric, xb_sqnorms=sq, tick=tick, workers=workers
+    )
     both, both_d = g.with_reverse_edges(fwd, fwd_d, 2 * degree)
     adj = np.ascontiguousarray(both[:, :degree], dtype=np.int32)
     over = np.flatnonzero(both[:, degree] >= 0)
     if over.size:
-        adj[over], _ = g.select_neighbors(x, both[over], both_d[over], degree, metric=metric, xb_sqnorms=sq)
+        adj[over], _ = g.select_neighbors(
+            x, both[over], both_d[over], degree, metric=metric, xb_sqnorms=sq, workers=workers
+        )
     tick(n)
     g.connect_unreachable(x, adj, start, cand, metric=metric)
     return adj
 
 
-def _insertion_candidates(x, sq, k, metric, order, seed):
+def _insertion_candidates(x, sq, k, metric, order, seed, workers):
     """Per row, its k nearest among the rows inserted before it (``order``: insertion order).
 
     The first ``PREFIX_EXACT`` rows are inserted one by one (exactly); the rest in rounds
@@ -309,13 +329,14 @@ def _insertion_candidates(x, sq, k, metric, order, seed):
     ids = np.full((n, k), -1, dtype=np.int64)
     dist = np.full((n, k), np.inf, dtype=np.float32)
     head = order[: min(n, PREFIX_EXACT)]
-    ids[head], dist[head] = g.prefix_candidates(x, head, k, metric=metric, xb_sqnorms=sq)
+    ids[head], dist[head] = g.prefix_candidates(x, head, k, metric=metric, xb_sqnorms=sq, workers=workers)
     lo = head.size
     while lo < n:
         hi = min(n, 2 * lo)
         rows = order[lo:hi]
         ids[rows], dist[rows] = g.knn_candidates(
-            x, k, metric=metric, xb_sqnorms=sq, members=np.sort(order[:lo]), queries=rows, seed=seed + lo
+            x, k, metric=metric, xb_sqnorms=sq, members=np.sort(order[:lo]), queries=rows,
+            seed=seed + lo, workers=workers,
         )
         lo = hi
     return ids, dist
@@ -414,6 +435,10 @@ def search_hnsw(
     I = np.full((nq, k), -1, dtype=np.int64)
     per_query = n if n <= g.EXACT_VISITED_MAX else 4 * g.HASHED_VISITED_SLOTS
     batch = int(min(QUERY_BATCH, max(16, VISITED_BYTES // per_query)))
+    workers = _threads(threads)
+    if workers > 1 and nq >= 2 * SPLIT_MIN:
+        # Give every thread a batch even when all queries would fit in one.
+        batch = min(batch, max(SPLIT_MIN, -(-nq // workers)))
     starts = range(0, nq, batch)
 
     def run(s: int) -> None:
@@ -437,7 +462,7 @@ def search_hnsw(
             r1 = min(r0 + step, qb.shape[0])
             D[s + r0 : s + r1], I[s + r0 : s + r1] = rerank(qb[r0:r1], x, cand[r0:r1], k, metric)
 
-    workers = min(_threads(threads), len(starts))
+    workers = min(workers, len(starts))
     if workers > 1:
         # Batches are independent and write disjoint rows; the heavy numpy calls
         # (gathers, einsum, sorts) release the GIL, so batches overlap on cores.
@@ -458,11 +483,15 @@ def _descend(graph: HnswGraph, x, xq, xb_sqnorms) -> np.ndarray:
     """Layer-0 entry nodes per query: (nq, e) int64, -1 padded.
 
     The paper descends greedily (ef = 1) from the entry point through every upper layer.
-    The top layers hold few nodes, and one GEMM against all nodes of the lowest layer
-    with at most ``UPPER_SCAN_SIZE / d`` nodes finds the exact nearest of them, which is
-    what the greedy walk approximates, for the price of one or two hops of that walk.
+    The top layers hold few nodes: comparing each query with all nodes of the lowest
+    layer with at most ``UPPER_SCAN_SIZE / d`` nodes finds the exact nearest of them,
+    which is what the greedy walk approximates, in one step instead of several hops.
     The greedy walk continues below that layer. When the scanned layer is layer 1, its
     ``LAYER0_SEEDS`` nearest nodes all seed the layer-0 beam.
+
+    The scan is an ``einsum``, not a BLAS GEMM: these products are small, and a
+    multi-threaded BLAS call waits for a scheduler slice on every core, which on a
+    loaded machine costs milliseconds per call.
     """
     nq, d = xq.shape
     if graph.max_level == 0:
@@ -473,7 +502,7 @@ def _descend(graph: HnswGraph, x, xq, xb_sqnorms) -> np.ndarray:
     )
     nodes = graph.upper_nodes[lvl - 1]
     xs = np.asarray(x[nodes], dtype=np.float32)
-    proxy = xq @ xs.T
+    proxy = np.einsum("qd,nd->qn", xq, xs)
     if graph.metric == "l2":
         proxy *= -2.0
         proxy += xb_sqnorms[nodes] if xb_sqnorms is not None else sqnorms(xs)
