@@ -37,6 +37,10 @@ CACHE_BYTES = 1 << 29
 SPARSE_MASK_FRACTION = 0.25
 """A mask that keeps at most this fraction of rows is searched as a gathered copy instead."""
 
+SMALL_BATCH = 32
+"""Up to this many queries skip the augmented copy of the base: one GEMM per block straight
+on the (memory-mapped) rows, then a per-block partition, costs less than copying the base."""
+
 
 def candidate_count(k: int, n: int) -> int:
     """Number of candidates kept per query before exact re-ranking.
@@ -111,6 +115,8 @@ def knn(
             return Ds, np.where(Is >= 0, sub[np.maximum(Is, 0)], -1)
 
     kk = candidate_count(k, n if allowed is None else int(np.count_nonzero(allowed)))
+    if nq <= SMALL_BATCH:
+        return rerank(xq, xb, _select_small(xq, xb, kk, metric, xb_sqnorms, allowed), k, metric)
     blocks = _BaseBlocks(xb, metric, xb_sqnorms, allowed)
     for qs in range(0, nq, QUERY_BATCH):
         qb = xq[qs : qs + QUERY_BATCH]
@@ -246,6 +252,39 @@ def _select_candidates(xq: np.ndarray, blocks: _BaseBlocks, kk: int) -> np.ndarr
             pending, n_pending = [], 0
             thr = buf_d[:, kk - 1].copy()
     return buf_i
+
+
+def _select_small(xq, xb, kk, metric, xb_sqnorms, allowed) -> np.ndarray:
+    """Candidate positions (nq, kk) for a few queries: per block, proxies and a partition.
+
+    Blocks are large (about 16 MiB of proxies) because each BLAS call pays a thread
+    hand-off that, on a busy machine, costs more than the product itself; a single query
+    uses NumPy's own single-threaded loop, as fast as memory for a matrix-vector product.
+    """
+    nq = xq.shape[0]
+    scale = np.float32(-2.0 if metric == "l2" else -1.0)
+    qs = np.ascontiguousarray(xq * scale)
+    step = max(BLOCK_ROWS, (1 << 22) // nq)
+    parts_d, parts_i = [], []
+    for s in range(0, xb.shape[0], step):
+        blk = np.asarray(xb[s : s + step])
+        proxy = np.einsum("ij,qj->iq", blk, qs) if nq == 1 else blk @ qs.T  # (b, nq)
+        if metric == "l2":
+            proxy += (xb_sqnorms[s : s + step] if xb_sqnorms is not None else np.einsum("ij,ij->i", blk, blk))[:, None]
+        if allowed is not None:
+            proxy[~allowed[s : s + step]] = np.inf
+        if kk < proxy.shape[0]:
+            idx = np.argpartition(proxy, kk - 1, axis=0)[:kk]
+        else:
+            idx = np.broadcast_to(np.arange(proxy.shape[0])[:, None], proxy.shape)
+        parts_d.append(np.take_along_axis(proxy, idx, axis=0))
+        parts_i.append(idx + s)
+    D = np.concatenate(parts_d).T
+    I = np.concatenate(parts_i).T.astype(np.int64)
+    if D.shape[1] > kk:
+        sel = np.argpartition(D, kk - 1, axis=1)[:, :kk]
+        D, I = np.take_along_axis(D, sel, 1), np.take_along_axis(I, sel, 1)
+    return np.where(np.isfinite(D), I, -1)
 
 
 def _merge(buf_d, buf_i, rows, vals, pos) -> None:

@@ -23,12 +23,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tidepool_cli.engine.hnsw import FILTER_EXACT_BELOW, search_hnsw
-from tidepool_cli.engine.ivf import search_ivf
 from tidepool_cli.engine.topk import knn
 from tidepool_cli.errors import CorruptIndexError, UnsupportedFormatError
 from tidepool_cli.ops.view import Source
-from tidepool_cli.storage.sidecars import open_sidecar
+
+# The graph and IVF modules (and the ID codecs behind them) are imported only when a
+# segment has such an index: a plain exact query should not pay for their import.
+
+FILTER_EXACT_BELOW = 0.02
+"""Allowed fraction of a segment's rows below which it is scanned exactly over just those
+rows (the crossover measured for HNSW in docs/HNSW.md; IVF probes suffer the same way)."""
 
 
 @dataclass(frozen=True)
@@ -99,9 +103,14 @@ def search_source(
     if path in ("hnsw", "ivf"):
         index = _load(src, path, warn)
         if index is not None and path == "hnsw":
-            D, I = search_hnsw(index, src.vectors, xq, k, ef_search=params.ef_search, allowed=mask, xb_sqnorms=src.sqnorms)
+            from tidepool_cli.engine.hnsw import search_hnsw
+
+            D, I = search_hnsw(index, src.vectors, xq, k, ef_search=params.ef_search, allowed=mask, xb_sqnorms=src.sqnorms,
+                               filter_exact_below=FILTER_EXACT_BELOW)
             return D, I, path
         if index is not None:
+            from tidepool_cli.engine.ivf import search_ivf
+
             D, I = search_ivf(index, src.vectors, xq, k, nprobe=params.nprobe, allowed=mask, xb_sqnorms=src.sqnorms)
             return D, I, path
         path = "exact"
@@ -112,6 +121,8 @@ def search_source(
 def _load(src: Source, key: str, warn: Callable[[str], None]):
     """The segment's sidecar ``key``, loaded once; None (with a warning) if it is damaged."""
     if key not in src.indexes:
+        from tidepool_cli.storage.sidecars import open_sidecar
+
         try:
             src.indexes[key] = open_sidecar(src.segment.layout, src.segment.entry, key)
         except (CorruptIndexError, UnsupportedFormatError) as exc:
