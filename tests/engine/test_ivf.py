@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tidepool_cli.engine import idcodec
-from tidepool_cli.engine.distances import normalize_rows, prepare_queries, sqnorms
+from tidepool_cli.engine.distances import exact_distances, normalize_rows, prepare_queries, sqnorms
 from tidepool_cli.engine.ivf import (
     IvfIndex,
     build_ivf,
@@ -133,6 +133,22 @@ def test_memmap_input_builds_the_same_index(tmp_path):
         assert I.shape == (len(xq), 5)
 
 
+def test_empty_batches_and_k_zero(small_l2):
+    xb, xq, index = small_l2
+    D, I = search_ivf(index, xb, xq[:0], 10)
+    assert D.shape == I.shape == (0, 10)
+    D, I = search_ivf(index, xb, xq, 0)
+    assert D.shape == I.shape == (len(xq), 0)
+
+
+def test_dot_metric_reaches_high_recall_with_enough_probes():
+    xb, xq = data("dot", n=3000)
+    index = build_ivf(xb, "dot", nlist=30)
+    D, I = search_ivf(index, xb, xq, 10, nprobe=10)
+    De, Ie = knn(xq, xb, 10, "dot")
+    assert recall_at_k(I, Ie, 10, found_dist=D, gt_dist=De) >= 0.9
+
+
 def test_single_row():
     x = np.ones((1, 4), dtype=np.float32)
     index = build_ivf(x, "l2")
@@ -152,7 +168,7 @@ def test_nlist_larger_than_rows_is_refused_and_default_is_clamped():
     assert (np.sort(I, axis=1) == np.arange(7)).all()
 
 
-def test_duplicate_vectors_tie_break_by_position_like_exact_search():
+def test_duplicate_vectors_tie_break_by_position():
     rng = np.random.default_rng(3)
     distinct = rng.normal(size=(5, 8)).astype(np.float32)
     x = distinct[rng.integers(0, 5, 400)]
@@ -160,9 +176,11 @@ def test_duplicate_vectors_tie_break_by_position_like_exact_search():
     assert index.stats()["empty_lists"] > 0
     xq = distinct + 0.01
     D, I = search_ivf(index, x, xq, 30, nprobe=9)
-    De, Ie = knn(xq, x, 30, "l2")
-    np.testing.assert_array_equal(I, Ie)
-    np.testing.assert_array_equal(D, De)
+    # float64 brute force, ties to the lower position
+    d64 = ((x[None].astype(np.float64) - xq[:, None].astype(np.float64)) ** 2).sum(-1)
+    expect = np.lexsort((np.broadcast_to(np.arange(len(x)), d64.shape), d64), axis=1)[:, :30]
+    np.testing.assert_array_equal(I, expect)
+    np.testing.assert_array_equal(D, exact_distances(xq, x[expect], "l2"))
 
 
 def test_stats_are_consistent():

@@ -77,6 +77,20 @@ RERANK_FLOATS = 1 << 24
 OPERAND_CACHE_BYTES = 1 << 28
 """List operands built in a batch's first pass are reused by its second below this size."""
 
+BOUND_LISTS = 2
+"""Nearest lists per query scanned first to bound its kk-th best proxy. With one, a
+query whose nearest list is short keeps every entry of every list; two halve the
+entries kept on glove-50-angular, three gain little more."""
+
+EXTRA_BOUND_ROUNDS = 8
+"""Further lists scanned one at a time for queries still without a bound (see _scan)."""
+
+PARALLEL_MIN_PAIRS = 1 << 14
+"""A batch with fewer (query, probed list) pairs runs on the calling thread alone."""
+
+THREADED_GEMM_MNK = 1 << 26
+"""Centroid products of at least this many multiply-adds are left to BLAS threads."""
+
 SERIAL_GEMM_MNK = 65536 * 4
 """OpenBLAS runs a GEMM of at most this many multiply-adds on the calling thread
 (``SMP_THRESHOLD_MIN * GEMM_MULTITHREAD_THRESHOLD``). Per-list products are split to
@@ -401,13 +415,14 @@ def search_ivf(
     if allowed is not None and n_allowed * index.nlist < nprobe * n:
         return knn(xq, x, k, index.metric, xb_sqnorms=xb_sqnorms, allowed=allowed)
     kk = candidate_count(k, n_allowed)
-    workers = _workers()
+    # Threads pay off only when there is enough to share; small batches run inline.
+    workers = _workers() if nq * nprobe >= PARALLEL_MIN_PAIRS else 1
     with ThreadPoolExecutor(workers) if workers > 1 else nullcontext() as pool:
         run = _Runner(pool, workers)
         for s in range(0, nq, SCAN_QUERIES):
             qb = xq[s : s + SCAN_QUERIES]
-            lids, qids, nearest = _probe(index, qb, nprobe, run)
-            cand = _scan(index, x, qb, lids, qids, nearest, kk, allowed, xb_sqnorms, run)
+            lids, qids, near = _probe(index, qb, nprobe, run)
+            cand = _scan(index, x, qb, lids, qids, near, kk, allowed, xb_sqnorms, run)
             step = max(1, min(RERANK_FLOATS // (kk * index.dim), -(-qb.shape[0] // workers)))
             parts = run.map(
                 lambda r: rerank(qb[r : r + step], x, cand[r : r + step], k, index.metric),
@@ -479,39 +494,53 @@ def _check_search(index, x, xq, k, nprobe, allowed):
 
 
 def _probe(index: IvfIndex, xq: np.ndarray, nprobe: int, run: _Runner) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Probed (list, query) pairs grouped by list, and every query's nearest list.
+    """Probed (list, query) pairs grouped by list, and every query's nearest lists.
 
     Returns
     -------
     lids, qids : (nq * nprobe,) int64
         Pairs sorted by list id, queries ascending within a list; ties between
         centroids at the cut go to the lower list id.
-    nearest : (nq,) int64
-        Each query's nearest list (lower id on ties), one of its probed lists.
+    near : (nq, min(BOUND_LISTS, nprobe)) int64
+        Each query's nearest probed lists, distinct.
     """
     c = index.centroids
     nlist = c.shape[0]
     ct = np.ascontiguousarray((c * (-2.0 if index.metric == "l2" else -1.0)).T, dtype=np.float32)
     csq = sqnorms(c) if index.metric == "l2" else None
-    nq = xq.shape[0]
-    nearest = np.empty(nq, dtype=np.int64)
+    nq, nb = xq.shape[0], min(BOUND_LISTS, nprobe)
+    near = np.empty((nq, nb), dtype=np.int64)
     pairs = []
     for s in range(0, nq, PROBE_QUERIES):
-        # One GEMM per chunk on the calling thread (BLAS threads it), the selection on ours.
-        proxy = xq[s : s + PROBE_QUERIES] @ ct
+        # One GEMM per chunk on the calling thread, threaded by BLAS when it is large
+        # enough to be worth it; the selection runs on our threads.
+        qb = xq[s : s + PROBE_QUERIES]
+        big = qb.shape[0] * ct.size >= THREADED_GEMM_MNK
+        proxy = qb @ ct if big else _serial_matmul(qb, ct)
         if csq is not None:
             proxy += csq
         step = -(-proxy.shape[0] // run.workers)
 
         def select(r, proxy=proxy, s=s):
             block = proxy[r : r + step]
-            nearest[s + r : s + r + block.shape[0]] = block.argmin(axis=1)
-            return np.flatnonzero(_smallest_mask(block, nprobe)) + (s + r) * nlist
+            mask = _smallest_mask(block, nprobe)
+            # Repeated argmin walks the lists in (proxy, id) order, the order the mask
+            # was cut in, so the nb nearest are always probed lists.
+            rows = np.arange(block.shape[0])
+            out = near[s + r : s + r + block.shape[0]]
+            saved = []
+            for j in range(nb):
+                out[:, j] = block.argmin(axis=1)
+                saved.append(block[rows, out[:, j]])
+                block[rows, out[:, j]] = np.inf
+            for j in range(nb):
+                block[rows, out[:, j]] = saved[j]
+            return np.flatnonzero(mask) + (s + r) * nlist
 
         pairs += run.map(select, range(0, proxy.shape[0], step))
     qids, lids = np.divmod(np.concatenate(pairs), nlist)
     order = _stable_order(lids, nlist)
-    return lids[order], qids[order], nearest
+    return lids[order], qids[order], near
 
 
 def _smallest_mask(vals: np.ndarray, m: int) -> np.ndarray:
@@ -550,10 +579,9 @@ def _stable_order(keys: np.ndarray, bound: int) -> np.ndarray:
 
 class _Lists:
     """Posting lists of one scan batch: decoded IDs restricted to allowed rows, and the
-    right operand of the proxy product, ``[x, |x|^2]^T`` (l2) or ``x^T`` as a
-    contiguous (d or d + 1, m) array (BLAS is markedly slower on transposed views of
-    small matrices). Operands built in the first pass are kept for the second while
-    they fit ``OPERAND_CACHE_BYTES``, split evenly between the workers.
+    right operand of the proxy product, ``[x, |x|^2]^T`` (l2) or ``x^T``, (d or d + 1, m).
+    Operands built in the bound passes are kept for the scan pass while they fit
+    ``OPERAND_CACHE_BYTES``, split evenly between the workers.
     """
 
     def __init__(self, index, x, allowed, xb_sqnorms, workers):
@@ -573,12 +601,14 @@ class _Lists:
         if self.allowed is not None:
             ids = ids[self.allowed[ids]]
         rows = np.asarray(self.x[ids], dtype=np.float32)
-        if idx.metric != "l2":
-            return ids, np.ascontiguousarray(rows.T)
-        op = np.empty((rows.shape[1] + 1, ids.size), dtype=np.float32)
-        op[:-1] = rows.T
-        op[-1] = self.sq[ids] if self.sq is not None else np.einsum("ij,ij->i", rows, rows)
-        return ids, op
+        if idx.metric == "l2":
+            sq = self.sq[ids] if self.sq is not None else np.einsum("ij,ij->i", rows, rows)
+            rows = np.concatenate([rows, sq[:, None]], axis=1)
+        # OpenBLAS multiplies the thin row slices of _product fastest against a
+        # contiguous (e, m) operand, unless the slices get very thin (long vectors),
+        # where the transposed view of the rows wins by up to 1.7x.
+        thin = SERIAL_GEMM_MNK // max(1, rows.size) < 8
+        return ids, (rows.T if thin else np.ascontiguousarray(rows.T))
 
     def keep(self, lid: int, entry: tuple[np.ndarray, np.ndarray], budget: int) -> int:
         """Cache ``entry`` if it fits ``budget`` bytes; return the budget left."""
@@ -589,7 +619,7 @@ class _Lists:
         return budget
 
 
-def _scan(index, x, xq, lids, qids, nearest, kk, allowed, xb_sqnorms, run) -> np.ndarray:
+def _scan(index, x, xq, lids, qids, near, kk, allowed, xb_sqnorms, run) -> np.ndarray:
     """Candidate positions (nq, kk) int64, -1 padded: the kk best proxies over the probed lists."""
     nq, d = xq.shape
     # Query operand: [-2q, 1] against [x, |x|^2] gives |x|^2 - 2 q.x in one product.
@@ -600,70 +630,120 @@ def _scan(index, x, xq, lids, qids, nearest, kk, allowed, xb_sqnorms, run) -> np
     else:
         qa = -xq
     lists = _Lists(index, x, allowed, xb_sqnorms, run.workers)
-    thr = np.full(nq, np.inf, dtype=np.float32)
+    nb = near.shape[1]
+    tops = np.full((nq, nb, kk), np.inf, dtype=np.float32)
 
-    def first_pass(groups):
-        # Each query's nearest list alone: its kk-th best proxy bounds the kk-th best
-        # over all probed lists, because those kk rows are candidates too.
+    def bound_pass(groups):
+        # Each query's nearest lists: the kk best proxies seen there bound the kk-th
+        # best over all of its probed lists, since those rows are candidates too.
         kept, budget = [], lists.share
-        for lid, qs in groups:
+        for lid, qs, js in groups:
             entry = lists.get(lid)
             ids, op = entry
             if ids.size:
                 block = _product(qa, qs, op)
-                if ids.size >= kk:
-                    thr[qs] = np.partition(block, kk - 1, axis=1)[:, kk - 1]
-                kept.append(_keep(block, qs, ids, thr[qs]))
+                if ids.size > kk:
+                    top = np.partition(block, kk - 1, axis=1)[:, :kk]
+                    kept.append(_keep(block, qs, ids, top.max(axis=1)))
+                else:
+                    top = block
+                    kept.append(_keep(block, qs, ids, None))
+                tops[qs, js, : top.shape[1]] = top
             budget = lists.keep(lid, entry, budget)
         return kept
 
-    def second_pass(groups):
-        # Every other probed list: only entries that beat the bound can be candidates.
+    def extra_pass(groups):
+        # Same bound, one further list per query, folded into best as it goes.
         kept = []
         for lid, qs in groups:
             ids, op = lists.get(lid)
             if ids.size:
-                kept.append(_keep(_product(qa, qs, op), qs, ids, thr[qs]))
+                block = _product(qa, qs, op)
+                kept.append(_keep(block, qs, ids, best[qs].max(axis=1)))
+                both = np.concatenate([best[qs], block], axis=1)
+                best[qs] = np.partition(both, kk - 1, axis=1)[:, :kk]
         return kept
 
-    order = _stable_order(nearest, index.nlist)
-    kept = run.map(first_pass, run.split(list(_groups(nearest[order], order))))
-    other = lids != nearest[qids]
-    kept += run.map(second_pass, run.split(list(_groups(lids[other], qids[other]))))
+    def scan_pass(groups):
+        # Every other probed list: only entries within the bound can be candidates.
+        kept = []
+        for lid, qs in groups:
+            ids, op = lists.get(lid)
+            if ids.size:
+                kept.append(_keep(_product(qa, qs, op), qs, ids, bound[qs]))
+        return kept
+
+    # Every (query, near list) pair once, grouped by list: one product per list.
+    bl, bq, bj = near.T.ravel(), np.tile(np.arange(nq), nb), np.repeat(np.arange(nb), nq)
+    order = _stable_order(bl, index.nlist)
+    kept = run.map(bound_pass, run.split(list(_groups(bl[order], bq[order], bj[order]))))
+    best = np.partition(tops.reshape(nq, nb * kk), kk - 1, axis=1)[:, :kk] if nb > 1 else tops[:, 0]
+    rest = (lids[:, None] != near[qids]).all(axis=1)
+    for _ in range(EXTRA_BOUND_ROUNDS):
+        # Queries whose nearest lists hold fewer than kk (allowed) rows have no bound
+        # yet and would keep everything: one more of their lists each, per round (one
+        # list per query per round, so that no two threads update the same query).
+        need = np.flatnonzero(rest & np.isinf(best.max(axis=1))[qids])
+        if need.size == 0:
+            break
+        _, first = np.unique(qids[need], return_index=True)
+        pick = need[first]  # the lowest-id remaining list of each such query
+        rest[pick] = False
+        kept += run.map(extra_pass, run.split(list(_groups(lids[pick], qids[pick]))))
+    bound = best.max(axis=1)
+    kept += run.map(scan_pass, run.split(list(_groups(lids[rest], qids[rest]))))
     return _merge([e for part in kept for e in part], nq, kk, run)
 
 
 def _product(qa: np.ndarray, qs: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """``qa[qs] @ b`` for (nq, e) queries and an (e, n) list operand, as serial BLAS calls.
-
-    The rows are cut into slices below SERIAL_GEMM_MNK and multiplied as one stacked
-    ``np.matmul``, which loops over the slices in C instead of Python.
-    """
-    m, (e, n) = qs.size, b.shape
-    step = max(1, SERIAL_GEMM_MNK // max(1, n * e))
-    if m <= step:
+    """``qa[qs] @ b`` for (nq, e) queries and an (e, n) list operand, as serial BLAS calls."""
+    step = max(1, SERIAL_GEMM_MNK // max(1, b.size))
+    if qs.size <= step:
         return qa[qs] @ b
+    mp = -(-qs.size // step) * step
+    a = np.empty((mp, qa.shape[1]), dtype=np.float32)
+    np.take(qa, qs, axis=0, out=a[: qs.size])
+    return _serial_matmul(a, b, filled=qs.size)
+
+
+def _serial_matmul(a: np.ndarray, b: np.ndarray, filled: int | None = None) -> np.ndarray:
+    """``a[:filled] @ b`` as BLAS calls below SERIAL_GEMM_MNK, so none wakes BLAS threads.
+
+    The rows are cut into slices of equal height and multiplied as one stacked
+    ``np.matmul``, which loops over the slices in C instead of Python. Rows of ``a``
+    past ``filled`` are scratch space that completes the last slice.
+    """
+    m = a.shape[0] if filled is None else filled
+    step = max(1, SERIAL_GEMM_MNK // max(1, b.size))
+    if m <= step:
+        return a[:m] @ b
     mp = -(-m // step) * step
-    a = np.empty((mp, e), dtype=np.float32)
-    np.take(qa, qs, axis=0, out=a[:m])
-    a[m:] = 0.0
-    return np.matmul(a.reshape(mp // step, step, e), b).reshape(mp, n)[:m]
+    if a.shape[0] < mp:
+        a = np.concatenate([a[:m], np.zeros((mp - m, a.shape[1]), dtype=np.float32)])
+    else:
+        a = a[:mp]
+        a[m:] = 0.0
+    return np.matmul(a.reshape(mp // step, step, -1), b).reshape(mp, b.shape[1])[:m]
 
 
 def _keep(block, qs, ids, bound):
-    """(query, proxy, id) of the entries of a (queries, rows) proxy block at or below ``bound``."""
+    """(query, proxy, id) of the entries of a (queries, rows) proxy block within ``bound``
+    (one per query; None keeps all)."""
+    if bound is None:
+        r, c = np.divmod(np.arange(block.size), block.shape[1])
+        return qs[r], block.ravel(), ids[c]
     flat = np.flatnonzero(block <= bound[:, None])
     r, c = np.divmod(flat, block.shape[1])
     return qs[r], block.ravel()[flat], ids[c]
 
 
-def _groups(lids: np.ndarray, qids: np.ndarray):
-    """Yield (list id, query ids) for each run of equal ids in the sorted ``lids``."""
+def _groups(lids: np.ndarray, *cols: np.ndarray):
+    """Yield (list id, *column slices) for each run of equal ids in the sorted ``lids``."""
     cuts = np.flatnonzero(lids[1:] != lids[:-1]) + 1
     bounds = np.concatenate([[0], cuts, [lids.size]]).tolist()
     for a, b in zip(bounds[:-1], bounds[1:]):
         if b > a:
-            yield int(lids[a]), qids[a:b]
+            yield (int(lids[a]), *(c[a:b] for c in cols))
 
 
 def _merge(kept, nq: int, kk: int, run: _Runner) -> np.ndarray:
