@@ -11,9 +11,9 @@ drops under recall 0.95 (FILTER_EXACT_BELOW).
 
 Every library gets 2 threads: OMP_NUM_THREADS and OPENBLAS_NUM_THREADS are pinned before
 NumPy loads, faiss.omp_set_num_threads(2), hnswlib set_num_threads(2), tidepool threads=2.
-Each time is the median of ``--repeats`` runs, and the peers run in the same process
-right after tidepool, so machine load hits all alike. recall@10 is tie-aware
-(tidepool_cli.engine.recall.recall_at_k with distances).
+Each time is the median of ``--repeats`` runs; the searches of the three libraries run
+round-robin in one process (per ef and repeat), so a change of machine load hits all
+alike. recall@10 is tie-aware (tidepool_cli.engine.recall.recall_at_k with distances).
 
 Data: ../shared/data/{siftsmall, fashion-mnist, glove-50-angular}; "synth-100k" is a
 synthetic clustered set (100,000 x 128 float32, 1,000 Gaussian clusters of random
@@ -123,23 +123,75 @@ def bench_dataset(name: str, repeats: int) -> dict:
     sq = sqnorms(xb) if metric == "l2" else None
     out: dict = {"n": n, "d": d, "queries": nq, "metric": metric, "methods": {}}
 
+    # Build every index first, then time the searches of all libraries round-robin
+    # (per ef and repeat), so that a change of machine load hits them alike.
+    searchers, builds = {}, {}
     t = time.perf_counter()
     G = hnsw.build_hnsw(xb, metric, m=M, ef_construction=EF_CONSTRUCTION, threads=THREADS)
-    build = time.perf_counter() - t
-    sweep = []
+    builds["tidepool"] = time.perf_counter() - t
+    print(f"  tidepool build {builds['tidepool']:.1f} s", flush=True)
+
+    def ours(ef):
+        return hnsw.search_hnsw(G, xb, xq, K, ef_search=ef, xb_sqnorms=sq, threads=THREADS)
+
+    searchers["tidepool"] = ours
+    if hnswlib is not None:
+        idx_h = hnswlib.Index(space="l2" if metric == "l2" else "cosine", dim=d)
+        t = time.perf_counter()
+        idx_h.init_index(max_elements=n, ef_construction=EF_CONSTRUCTION, M=M, random_seed=100)
+        idx_h.set_num_threads(THREADS)
+        idx_h.add_items(xb, np.arange(n))
+        builds["hnswlib"] = time.perf_counter() - t
+        print(f"  hnswlib build {builds['hnswlib']:.1f} s", flush=True)
+
+        def peer_h(ef):
+            idx_h.set_ef(ef)
+            I, D = idx_h.knn_query(xq, k=K)
+            return D, I
+
+        searchers["hnswlib"] = peer_h
+    else:
+        print("  hnswlib not installed: skipped")
+    if faiss is not None:
+        idx_f = faiss.IndexHNSWFlat(d, M, faiss.METRIC_L2 if metric == "l2" else faiss.METRIC_INNER_PRODUCT)
+        idx_f.hnsw.efConstruction = EF_CONSTRUCTION
+        t = time.perf_counter()
+        idx_f.add(xb)
+        builds["faiss"] = time.perf_counter() - t
+        print(f"  faiss build {builds['faiss']:.1f} s", flush=True)
+
+        def peer_f(ef):
+            idx_f.hnsw.efSearch = ef
+            D, I = idx_f.search(xq, K)
+            return (D if metric == "l2" else 1.0 - D), I
+
+        searchers["faiss"] = peer_f
+    else:
+        print("  faiss not installed: skipped")
+
+    sweeps = {label: [] for label in searchers}
     for ef in EF_SWEEP:
-        sec, (D, I) = timed(
-            lambda: hnsw.search_hnsw(G, xb, xq, K, ef_search=ef, xb_sqnorms=sq, threads=THREADS), repeats
-        )
-        sweep.append({"ef": ef, "recall": recall_at_k(I, gt, K, found_dist=D, gt_dist=gtd), "qps": nq / sec})
+        times = {label: [] for label in searchers}
+        found = {}
+        for _ in range(repeats):
+            for label, fn in searchers.items():
+                t = time.perf_counter()
+                found[label] = fn(ef)
+                times[label].append(time.perf_counter() - t)
+        for label, (D, I) in found.items():
+            sweeps[label].append({
+                "ef": ef,
+                "recall": recall_at_k(I, gt, K, found_dist=D, gt_dist=gtd),
+                "qps": nq / float(np.median(times[label])),
+            })
+    for label in searchers:
+        out["methods"][label] = {"build_s": builds[label], "sweep": sweeps[label]}
+        report(label, builds[label], sweeps[label])
+    out["methods"]["tidepool"]["stats"] = G.stats()
     sec, (D, I) = timed(lambda: hnsw.search_hnsw(G, xb, xq, K, xb_sqnorms=sq, threads=THREADS), repeats)
-    default = {
-        "ef": hnsw.DEFAULT_EF_SEARCH,
-        "recall": recall_at_k(I, gt, K, found_dist=D, gt_dist=gtd),
-        "qps": nq / sec,
-    }
-    out["methods"]["tidepool"] = {"build_s": build, "sweep": sweep, "default": default, "stats": G.stats()}
-    report("tidepool", build, sweep)
+    default = {"ef": hnsw.DEFAULT_EF_SEARCH, "recall": recall_at_k(I, gt, K, found_dist=D, gt_dist=gtd),
+               "qps": nq / sec}
+    out["methods"]["tidepool"]["default"] = default
     print(f"  tidepool default ef={default['ef']}: recall {default['recall']:.4f} qps {default['qps']:.0f}")
 
     exact_reps = max(1, min(repeats, int(2e11 // (n * d * nq) + 1)))
@@ -147,55 +199,17 @@ def bench_dataset(name: str, repeats: int) -> dict:
     out["methods"]["exact"] = {"recall": recall_at_k(I, gt, K, found_dist=D, gt_dist=gtd), "qps": nq / sec}
     print(f"  exact scan: qps {nq / sec:.0f}")
 
-    if hnswlib is not None:
-        space = "l2" if metric == "l2" else "cosine"
-        idx = hnswlib.Index(space=space, dim=d)
-        t = time.perf_counter()
-        idx.init_index(max_elements=n, ef_construction=EF_CONSTRUCTION, M=M, random_seed=100)
-        idx.set_num_threads(THREADS)
-        idx.add_items(xb, np.arange(n))
-        build = time.perf_counter() - t
-        sweep = []
-        for ef in EF_SWEEP:
-            idx.set_ef(ef)
-            sec, (I, D) = timed(lambda: idx.knn_query(xq, k=K), repeats)
-            sweep.append({"ef": ef, "recall": recall_at_k(I, gt, K, found_dist=D, gt_dist=gtd), "qps": nq / sec})
-        out["methods"]["hnswlib"] = {"build_s": build, "sweep": sweep}
-        report("hnswlib", build, sweep)
-    else:
-        print("  hnswlib not installed: skipped")
-    if faiss is not None:
-        fm = faiss.METRIC_L2 if metric == "l2" else faiss.METRIC_INNER_PRODUCT
-        idx = faiss.IndexHNSWFlat(d, M, fm)
-        idx.hnsw.efConstruction = EF_CONSTRUCTION
-        t = time.perf_counter()
-        idx.add(xb)
-        build = time.perf_counter() - t
-        sweep = []
-        for ef in EF_SWEEP:
-            idx.hnsw.efSearch = ef
-            sec, (D, I) = timed(lambda: idx.search(xq, K), repeats)
-            if metric != "l2":
-                D = 1.0 - D
-            sweep.append({"ef": ef, "recall": recall_at_k(I, gt, K, found_dist=D, gt_dist=gtd), "qps": nq / sec})
-        out["methods"]["faiss"] = {"build_s": build, "sweep": sweep}
-        report("faiss", build, sweep)
-    else:
-        print("  faiss not installed: skipped")
-
-    ours = best_at_bar(out["methods"]["tidepool"]["sweep"])
-    out["at_recall_0.95"] = {"tidepool": ours}
+    ours_best = best_at_bar(out["methods"]["tidepool"]["sweep"])
+    out["at_recall_0.95"] = {"tidepool": ours_best}
     for peer in ("hnswlib", "faiss"):
         if peer in out["methods"]:
             theirs = best_at_bar(out["methods"][peer]["sweep"])
             out["at_recall_0.95"][peer] = theirs
-            if ours and theirs:
-                out["at_recall_0.95"][f"qps_ratio_vs_{peer}"] = ours["qps"] / theirs["qps"]
-                out["at_recall_0.95"][f"build_ratio_vs_{peer}"] = (
-                    out["methods"]["tidepool"]["build_s"] / out["methods"][peer]["build_s"]
-                )
+            if ours_best and theirs:
+                out["at_recall_0.95"][f"qps_ratio_vs_{peer}"] = ours_best["qps"] / theirs["qps"]
+            out["at_recall_0.95"][f"build_ratio_vs_{peer}"] = builds["tidepool"] / builds[peer]
     for key, v in out["at_recall_0.95"].items():
-        if key.startswith("qps_ratio") or key.startswith("build_ratio"):
+        if "ratio" in key:
             print(f"  {key}: {v:.3f}")
     out["_graph"] = (G, xb, xq, sq, metric)
     return out

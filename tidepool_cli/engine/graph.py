@@ -633,17 +633,12 @@ def _cluster_knn(x, sq, metric, rows, mem_ids, home, near, keys, tick, workers):
                 sb = slots[r0 : r0 + step]
                 qb = rows[sb]
                 proxy = np.asarray(x[qb], dtype=np.float32) @ xm.T
-                if bias is not None:
-                    proxy += bias
+                _to_distance(proxy, bias, None if sq is None else sq[qb], metric)
                 # A row never is its own candidate.
                 pos = np.searchsorted(mem, qb).clip(0, mem.size - 1)
                 me = np.flatnonzero(mem[pos] == qb)
                 proxy[me, pos[me]] = np.inf
-                cols, vals = _row_smallest(proxy, kk)
-                if metric == "l2":
-                    vals = np.maximum(vals + sq[qb, None], 0.0)
-                elif metric == "cosine":
-                    vals = np.maximum(vals + 1.0, 0.0)
+                cols, vals = _row_smallest(proxy, kk, signed=metric == "dot")
                 new = _encode(vals, mem[cols], metric)
                 new[~np.isfinite(vals)] = SENTINEL
                 # Other clusters update the same rows; keys are distinct, so the kept
@@ -704,15 +699,10 @@ def prefix_candidates(
     def block(r0: int) -> None:
         r1 = min(t, r0 + step)
         proxy = xo[r0:r1] @ xs[:r1].T
-        if sq is not None:
-            proxy += sq[:r1]
+        _to_distance(proxy, None if sq is None else sq[:r1], None if sq is None else sq[r0:r1], metric)
         # Row i sees only the rows inserted before it.
         proxy[np.arange(r1 - r0)[:, None] + r0 <= np.arange(r1)[None, :]] = np.inf
-        cols, vals = _row_smallest(proxy, min(k, r1))
-        if metric == "l2":
-            vals = np.maximum(vals + sq[r0:r1, None], 0.0)
-        elif metric == "cosine":
-            vals = np.maximum(vals + 1.0, 0.0)
+        cols, vals = _row_smallest(proxy, min(k, r1), signed=metric == "dot")
         new = _encode(vals, order[cols], metric)
         new[~np.isfinite(vals)] = SENTINEL
         new.sort(axis=1)
@@ -748,14 +738,28 @@ def _balanced_centroids(x: np.ndarray, metric: str, seed: int) -> np.ndarray:
     return np.concatenate(parts)
 
 
-def _row_smallest(proxy: np.ndarray, kk: int) -> tuple[np.ndarray, np.ndarray]:
-    """Columns and values of the kk smallest entries of each row (unordered)."""
+def _to_distance(proxy, col_sq, row_sq, metric):
+    """In place: ``-2 q.m`` (l2) or ``-q.m`` blocks -> distances in the public convention."""
+    if metric == "l2":
+        proxy += col_sq
+        proxy += row_sq[:, None]
+    elif metric == "cosine":
+        proxy += 1.0
+
+
+def _row_smallest(proxy: np.ndarray, kk: int, signed: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Columns and values of the kk smallest entries of each row (unordered).
+
+    With ``signed=False`` the values are distances, non-negative up to rounding, whose
+    IEEE bits already sort like the floats (a rounding-negative value sorts first, as
+    the near-zero distance it is).
+    """
     r, m = proxy.shape
     if kk >= m:
         return np.broadcast_to(np.arange(m), (r, m)), proxy
     nb = max(1, (m - 1).bit_length())
     bits = np.ascontiguousarray(proxy, dtype=np.float32).view(np.int32)
-    mono = bits ^ ((bits >> 31) & 0x7FFF_FFFF)
+    mono = bits ^ ((bits >> 31) & 0x7FFF_FFFF) if signed else bits.copy()
     mono &= ~np.int32((1 << nb) - 1)
     mono |= np.arange(m, dtype=np.int32)
     cols = np.partition(mono, kk - 1, axis=1)[:, :kk] & np.int32((1 << nb) - 1)

@@ -63,8 +63,6 @@ PREFIX_EXACT = 2048
 QUERY_BATCH = 1024
 """Queries searched in lockstep at most."""
 
-SPLIT_MIN = 32
-"""Smallest batch a query set is split into to keep several threads busy."""
 
 VISITED_BYTES = 1 << 25
 """Budget of one batch's visited table; bounds the batch size for large n."""
@@ -72,7 +70,7 @@ VISITED_BYTES = 1 << 25
 SEARCH_EXPAND = 1
 """Beam nodes expanded per query and hop at layer 0."""
 
-UPPER_SCAN_SIZE = 1 << 14
+UPPER_SCAN_SIZE = 1 << 16
 """Search starts with an exact scan of the lowest layer with at most this many nodes * d."""
 
 LAYER0_SEEDS = 4
@@ -427,18 +425,21 @@ def search_hnsw(
             allowed = None
         elif n_allowed == 0 or n_allowed < filter_exact_below * n:
             return knn(xq, x, k, metric, xb_sqnorms=xb_sqnorms, allowed=allowed)
-    width = ef
+    width, expand = ef, SEARCH_EXPAND
     if allowed is not None:
         width = min(max(ef, math.ceil(ef * n / n_allowed)), max(ef, FILTER_EF_MAX))
+        # A beam this wide would take width/ef times more hops, each sorting the whole
+        # beam: expand proportionally more nodes per hop instead.
+        expand = max(SEARCH_EXPAND, width // ef)
 
     D = np.full((nq, k), np.inf, dtype=np.float32)
     I = np.full((nq, k), -1, dtype=np.int64)
     per_query = n if n <= g.EXACT_VISITED_MAX else 4 * g.HASHED_VISITED_SLOTS
     batch = int(min(QUERY_BATCH, max(16, VISITED_BYTES // per_query)))
+    # Threads only share out whole batches: splitting a small query set makes two
+    # threads trade the GIL after every one of many small numpy calls, which on a
+    # loaded machine costs more than the second core gives.
     workers = _threads(threads)
-    if workers > 1 and nq >= 2 * SPLIT_MIN:
-        # Give every thread a batch even when all queries would fit in one.
-        batch = min(batch, max(SPLIT_MIN, -(-nq // workers)))
     starts = range(0, nq, batch)
 
     def run(s: int) -> None:
@@ -454,7 +455,7 @@ def search_hnsw(
             xb_sqnorms=xb_sqnorms,
             allowed=allowed,
             n_results=ef,
-            expand=SEARCH_EXPAND,
+            expand=expand,
         )
         # Re-rank in query chunks whose gathered rows stay cache-resident.
         step = max(1, g.GATHER_CHUNK_BYTES // (4 * x.shape[1] * cand.shape[1]))
