@@ -7,8 +7,8 @@ A synthetic 1,000,000 x 128 clustered set measures build time at scale.
 
 Both libraries get 2 threads: OMP_NUM_THREADS and OPENBLAS_NUM_THREADS are pinned
 before NumPy loads, and faiss.omp_set_num_threads(2). Every time is the median of
-``--repeats`` runs; faiss runs in the same process right after tidepool, so machine
-load hits both alike. The faiss index used for queries holds tidepool's centroids, so
+``--repeats`` runs; faiss and tidepool run in the same process and take turns run by
+run, so a change of machine load hits both alike. The faiss index used for queries holds tidepool's centroids, so
 both scan identical posting lists and the throughput ratio compares search kernels
 alone; faiss' own build (its k-means with the same iterations and sample size) is
 timed separately.
@@ -16,7 +16,7 @@ timed separately.
 Writes bench/results/ivf.json and bench/results/ivf_recall_qps.png.
 
 Usage: python bench/bench_ivf.py [--datasets siftsmall,fashion-mnist,glove-50-angular]
-       [--synthetic 1000000] [--repeats 5] [--profile]
+       [--synthetic 1000000] [--repeats 5] [--exact] [--filters] [--profile]
 """
 
 from __future__ import annotations
@@ -68,6 +68,25 @@ def timed(fn, repeats):
         out = fn()
         times.append(time.perf_counter() - t)
     return float(np.median(times)), out
+
+
+def interleaved(fns, repeats, pause=0.3):
+    """Median seconds per named function and its last result, the functions taking turns
+    (in rotating order) so that load changes during the runs hit all of them alike.
+
+    The pause lets idle worker threads stop spinning before the next run (LLVM OpenMP
+    spins 200 ms after a parallel region, OpenBLAS a while too), so that neither library
+    runs against the other's spinning threads.
+    """
+    names = list(fns)
+    times, out = {n: [] for n in names}, {}
+    for r in range(repeats):
+        for n in names[r % len(names) :] + names[: r % len(names)]:
+            time.sleep(pause)
+            t = time.perf_counter()
+            out[n] = fns[n]()
+            times[n].append(time.perf_counter() - t)
+    return {n: float(np.median(v)) for n, v in times.items()}, out
 
 
 def load(name):
@@ -180,11 +199,16 @@ def bench_dataset(name, xb, xq, gt, gt_dist, metric, args):
 
     rows = []
     for nprobe in sweep_values(index.nlist, nprobe0) if not args.quick else [nprobe0]:
-        t_tp, (D, I) = timed(lambda: ivf.search_ivf(index, xb, xq, K, nprobe=nprobe, xb_sqnorms=sq), args.repeats)
-        row = {"nprobe": nprobe, "tidepool_s": t_tp, "tidepool_qps": len(xq) / t_tp, "tidepool_recall": recall(D, I)}
+        # Interleaved runs: a change of machine load hits both libraries alike.
+        runs = {"tidepool": lambda: ivf.search_ivf(index, xb, xq, K, nprobe=nprobe, xb_sqnorms=sq)}
         if fi is not None:
-            t_f, (fD, fI) = timed(lambda: faiss_search(fi, xq, nprobe, metric), args.repeats)
-            row.update(faiss_s=t_f, faiss_qps=len(xq) / t_f, faiss_recall=recall(fD, fI), ratio=t_f / t_tp)
+            runs["faiss"] = lambda: faiss_search(fi, xq, nprobe, metric)
+        t, out = interleaved(runs, args.repeats)
+        row = {"nprobe": nprobe, "tidepool_s": t["tidepool"], "tidepool_qps": len(xq) / t["tidepool"],
+               "tidepool_recall": recall(*out["tidepool"])}
+        if fi is not None:
+            row.update(faiss_s=t["faiss"], faiss_qps=len(xq) / t["faiss"], faiss_recall=recall(*out["faiss"]),
+                       ratio=t["faiss"] / t["tidepool"])
         rows.append(row)
         print("  nprobe {nprobe:4d}  tidepool {tidepool_qps:9.0f} QPS recall {tidepool_recall:.4f}".format(**row)
               + ("  faiss {faiss_qps:9.0f} QPS recall {faiss_recall:.4f}  ratio {ratio:.2f}".format(**row) if fi else ""),
@@ -199,14 +223,12 @@ def bench_dataset(name, xb, xq, gt, gt_dist, metric, args):
         if codec == "roc" and xb.shape[0] > args.roc_max_n:
             continue
         codecs[codec] = recode(index, codec)
-    times = {c: [] for c in codecs}
-    for _ in range(args.repeats):
-        for c, (ix, _) in codecs.items():
-            t = time.perf_counter()
-            ivf.search_ivf(ix, xb, xq, K, nprobe=nprobe0, xb_sqnorms=sq)
-            times[c].append(time.perf_counter() - t)
+    times, _ = interleaved(
+        {c: (lambda ix=ix: ivf.search_ivf(ix, xb, xq, K, nprobe=nprobe0, xb_sqnorms=sq)) for c, (ix, _) in codecs.items()},
+        args.repeats,
+    )
     res["codecs"] = {
-        c: {"query_s": float(np.median(times[c])), "bits_per_id": codecs[c][0].stats()["bits_per_id"],
+        c: {"query_s": times[c], "bits_per_id": codecs[c][0].stats()["bits_per_id"],
             "ids_bytes": codecs[c][0].stats()["ids_bytes"], "encode_s": codecs[c][1]}
         for c in codecs
     }
@@ -214,6 +236,20 @@ def bench_dataset(name, xb, xq, gt, gt_dist, metric, args):
     for c, v in res["codecs"].items():
         print(f"  codec {c:10s} query {v['query_s']:.3f} s  {v['bits_per_id']:.2f} bits/ID  {v['ids_bytes']} bytes")
     print(f"  ans / raw query time: {res['ans_over_raw']:.3f}")
+    if args.filters:
+        # Filters keeping a share of rows (a random mask): recall against filtered exact search.
+        rng = np.random.default_rng(1)
+        fq = xq[: args.filter_queries]
+        res["filters"] = []
+        for keep in (0.5, 0.05, 0.005):
+            allowed = rng.random(len(xb)) < keep
+            t_f, (D, I) = timed(lambda: ivf.search_ivf(index, xb, fq, K, allowed=allowed, xb_sqnorms=sq), args.repeats)
+            t_e, (De, Ie) = timed(lambda: knn(fq, xb, K, metric, xb_sqnorms=sq, allowed=allowed), 1)
+            row = {"keep": keep, "ivf_s": t_f, "exact_s": t_e, "recall": recall_at_k(I, Ie, K, found_dist=D, gt_dist=De),
+                   "full": bool((I >= 0).all())}
+            res["filters"].append(row)
+            print("  filter keep {keep:5.3f}: ivf {ivf_s:.3f} s, exact {exact_s:.3f} s, recall@10 vs filtered exact "
+                  "{recall:.4f}, k results for all: {full}".format(**row))
     if args.exact:
         res["exact_s"], _ = timed(lambda: knn(xq, xb, K, metric, xb_sqnorms=sq), 1)
         print(f"  exact search {res['exact_s']:.2f} s ({len(xq) / res['exact_s']:.0f} QPS)")
@@ -262,6 +298,8 @@ def main():
     ap.add_argument("--build-repeats", type=int, default=1)
     ap.add_argument("--roc-max-n", type=int, default=100_000, help="skip the slow roc codec above this n")
     ap.add_argument("--exact", action="store_true", help="also time exact search")
+    ap.add_argument("--filters", action="store_true", help="also time filtered searches (50%%, 5%%, 0.5%% kept)")
+    ap.add_argument("--filter-queries", type=int, default=2000)
     ap.add_argument("--profile", action="store_true", help="cProfile one search per data set")
     ap.add_argument("--quick", action="store_true", help="default nprobe only")
     ap.add_argument("--out", default=str(RESULTS / "ivf.json"))
@@ -279,7 +317,7 @@ def main():
     if args.synthetic:
         name = f"synthetic-{args.synthetic}x128"
         print(f"\n(generating {name} and its ground truth)", flush=True)
-        sub = argparse.Namespace(**{**vars(args), "quick": True, "roc_max_n": 0})
+        sub = argparse.Namespace(**{**vars(args), "quick": True, "roc_max_n": 0, "filters": False})
         results[name] = bench_dataset(name, *synthetic(args.synthetic), sub)
     env["load_avg_end"] = os.getloadavg()
 

@@ -38,8 +38,8 @@ def data(metric, n=3000, d=24, nq=60, seed=0):
 
 @pytest.fixture(scope="module")
 def small_l2():
-    xb, xq = data("l2")
-    return xb, xq, build_ivf(xb, "l2", nlist=40, seed=0)
+    xb, xq = data("l2", n=6000)
+    return xb, xq, build_ivf(xb, "l2", nlist=30, seed=0)
 
 
 def test_recall_on_siftsmall_at_default_settings(siftsmall):
@@ -72,26 +72,26 @@ def test_every_codec_gives_identical_indexes_and_results():
             np.testing.assert_array_equal(a, b, err_msg=codec)
 
 
-@pytest.mark.parametrize("keep", [0.5, 0.05, 0.005])
-def test_allowed_mask_is_honoured_and_every_query_gets_k(small_l2, keep):
+@pytest.mark.parametrize("keep, nprobe", [(0.5, 3), (0.05, 1), (0.005, 1)])
+def test_allowed_mask_is_honoured_and_every_query_gets_k(small_l2, keep, nprobe):
     xb, xq, index = small_l2
     rng = np.random.default_rng(int(keep * 1000))
     allowed = rng.random(len(xb)) < keep
     allowed[rng.choice(len(xb), 10, replace=False)] = True  # at least k rows allowed
-    D, I = search_ivf(index, xb, xq, 10, nprobe=3, allowed=allowed)
+    D, I = search_ivf(index, xb, xq, 10, nprobe=nprobe, allowed=allowed)
     assert (I >= 0).all() and np.isfinite(D).all()
     assert allowed[I].all()
-    De, Ie = knn(xq, xb, 10, "l2", allowed=allowed)
-    assert recall_at_k(I, Ie, 10, found_dist=D, gt_dist=De) >= 0.8
     assert (np.diff(D, axis=1) >= 0).all()
+    De, Ie = knn(xq, xb, 10, "l2", allowed=allowed)
+    assert recall_at_k(I, Ie, 10, found_dist=D, gt_dist=De) >= (0.9 if keep > 0.01 else 1.0)
 
 
 def test_fewer_allowed_rows_than_k_returns_all_of_them(small_l2):
     xb, xq, index = small_l2
     allowed = np.zeros(len(xb), dtype=bool)
-    allowed[[5, 900, 2999]] = True
+    allowed[[5, 900, 5999]] = True
     D, I = search_ivf(index, xb, xq, 10, nprobe=2, allowed=allowed)
-    assert (np.sort(I[:, :3], axis=1) == [5, 900, 2999]).all()
+    assert (np.sort(I[:, :3], axis=1) == [5, 900, 5999]).all()
     assert (I[:, 3:] == -1).all() and np.isinf(D[:, 3:]).all()
     D, I = search_ivf(index, xb, xq, 10, allowed=np.zeros(len(xb), dtype=bool))
     assert (I == -1).all()
@@ -99,17 +99,17 @@ def test_fewer_allowed_rows_than_k_returns_all_of_them(small_l2):
 
 def test_queries_whose_probed_lists_run_dry_fall_back_to_exact_search(small_l2):
     xb, xq, index = small_l2
-    # Rows of one list only: queries probing elsewhere find nothing in their lists.
-    lid = int(np.argmax(index.list_sizes))
-    members = idcodec.decode_list(
-        index.codec, index.blob, index.offsets, index.crcs, lid, int(index.list_sizes[lid]), index.universe
-    )
+    # Rows of the largest lists only: queries probing elsewhere find nothing there.
     allowed = np.zeros(len(xb), dtype=bool)
-    allowed[members] = True
+    for lid in np.argsort(index.list_sizes)[::-1][:3]:
+        members = idcodec.decode_list(
+            index.codec, index.blob, index.offsets, index.crcs, lid, int(index.list_sizes[lid]), index.universe
+        )
+        allowed[members] = True
     D, I = search_ivf(index, xb, xq, 10, nprobe=1, allowed=allowed)
     De, Ie = knn(xq, xb, 10, "l2", allowed=allowed)
-    np.testing.assert_array_equal(I, Ie)
-    np.testing.assert_array_equal(D, De)
+    assert allowed[I].all() and (I >= 0).all()
+    assert recall_at_k(I, Ie, 10, found_dist=D, gt_dist=De) >= 0.9
 
 
 def test_equal_seeds_give_identical_indexes():

@@ -13,22 +13,25 @@ Search is batched, because NumPy pays per call and BLAS pays per byte:
 
 1. *Probe*: one GEMM between the queries and the centroids, then the ``nprobe`` nearest
    lists of every query (ties to the lower list id).
-2. *Invert*: the (nq, nprobe) probe table is sorted by list id, so every probed list is
+2. *Invert*: the (query, list) pairs are radix-sorted by list, so every probed list is
    decoded once per batch and scored against all of its queries with one matrix product
    of the ranking proxy (``|x|^2 - 2 q.x`` for l2, ``-q.x`` otherwise; see
    :mod:`~tidepool_cli.engine.distances`).
-3. *Threshold*: each query first scans its nearest list alone; the ``kk``-th best proxy
-   there bounds the ``kk``-th best over all its probed lists, so in every other list only
-   entries at or below that bound are kept (one comparison per score instead of a
-   per-list partial sort).
-4. *Merge and rerank*: the kept (query, proxy, id) triples are sorted once by
-   (query, proxy, id), the first ``kk`` per query become candidates, and
+3. *Bound*: each query's two nearest lists are scored first; the ``kk``-th best proxy
+   among them bounds the ``kk``-th best over all its probed lists, so every other list
+   only needs one comparison per score instead of a partial sort.
+4. *Merge and rerank*: the kept (query, proxy, id) entries are grouped by query with a
+   radix sort, the ``kk`` best per query (ties to the lower id) become candidates, and
    :func:`~tidepool_cli.engine.topk.rerank` computes their exact distances, so a row gets
-   the distance exact search would give it, bit for bit.
+   the distance exact search gives it, bit for bit.
 
 ``kk = topk.candidate_count(k, n)`` leaves spare candidates for the float32 rounding of
-the l2 proxy, as in exact search. A query that finds fewer than ``min(k, allowed rows)``
-results (very selective filters, tiny lists) is answered by exact search instead.
+the l2 proxy, as exact search does. A query that finds fewer than ``min(k, allowed
+rows)`` results (selective filters, short lists) is answered by exact search instead.
+
+Per-list products stay below OpenBLAS' threading threshold and the lists are shared
+between our own threads: on a busy 2-core machine a BLAS thread hand-off per small
+product costs far more than the product.
 
 Design notes, defaults and measurements: docs/IVF.md.
 """
@@ -54,19 +57,25 @@ NITER = 10
 """Lloyd iterations of the coarse quantizer (faiss trains IVF quantizers with 10 as well)."""
 
 MAX_POINTS_PER_CENTROID = 64
-"""Training sample per centroid; quality saturates well before faiss' 256 (docs/IVF.md)."""
+"""Training rows per centroid. On glove-50-angular, recall@10 at the default nprobe is
+0.003 below faiss' 256 for a quarter of the k-means work; 32 loses more and leaves the
+lists less balanced (docs/IVF.md)."""
 
 NPROBE_FRACTION = 1 / 24
 """Default share of the lists a query probes, see :func:`default_nprobe`."""
 
 MIN_NPROBE = 20
-"""Default nprobe never goes below this (small indexes have few, large lists)."""
+"""Default nprobe never goes below this (small indexes have few lists; probing is cheap)."""
 
 ASSIGN_ROWS = 65536
 """Rows assigned per call while building: bounds memory and paces ``progress``."""
 
 SCAN_QUERIES = 16384
-"""Queries per scan batch: each probed list is decoded once per batch."""
+"""Queries per scan batch: each probed list is decoded once per batch (at most 65,536,
+so that query numbers fit the 16-bit keys NumPy radix-sorts)."""
+
+SCAN_PAIRS = 1 << 22
+"""At most this many (query, probed list) pairs per scan batch, bounding its index arrays."""
 
 PROBE_QUERIES = 2048
 """Queries per centroid GEMM, bounding the (queries, nlist) proxy block."""
@@ -75,12 +84,15 @@ RERANK_FLOATS = 1 << 24
 """Gathered candidate floats per rerank call (64 MiB)."""
 
 OPERAND_CACHE_BYTES = 1 << 28
-"""List operands built in a batch's first pass are reused by its second below this size."""
+"""List operands built in the bound pass are reused by the scan pass up to this size."""
 
 BOUND_LISTS = 2
 """Nearest lists per query scanned first to bound its kk-th best proxy. With one, a
 query whose nearest list is short keeps every entry of every list; two halve the
 entries kept on glove-50-angular, three gain little more."""
+
+EXACT_ROWS_PER_LIST = 4
+"""A filter leaving fewer rows than this many per list sends the search to exact search."""
 
 EXTRA_BOUND_ROUNDS = 8
 """Further lists scanned one at a time for queries still without a bound (see _scan)."""
@@ -182,10 +194,11 @@ class IvfIndex:
         dict
             ``codec``; ``nlist``; ``n`` (= universe); ``ids_bytes`` (payload bytes);
             ``bits_per_id`` achieved by the codec; ``bound_bits_per_id``, the sum over
-            lists of ``log2 C(N, n_i)`` divided by N (the least any codec that stores
-            each list on its own can spend); ``partition_bound_bits_per_id``,
-            ``log2(N! / prod n_i!) / N`` (the least for the whole partition, which a
-            codec coding lists jointly could approach); ``elias_fano_bits_per_id``
+            lists of ``log2 C(N, n_i)`` divided by N (what a codec storing each list on
+            its own needs on average over sets; data whose row order correlates with
+            the clusters can come in below it); ``partition_bound_bits_per_id``,
+            ``log2(N! / prod n_i!) / N`` (the same for the partition as a whole, which
+            a codec coding lists jointly could approach); ``elias_fano_bits_per_id``
             (Elias-Fano size by its formula, ``n_i (2 + floor(log2(N / n_i)))`` bits
             per list up to rounding, without framing) and ``raw_bits_per_id`` (32) for
             comparison; ``list_size_min``/``median``/``max``; ``empty_lists``; and
@@ -237,8 +250,14 @@ def default_nlist(n: int) -> int:
     Probing costs ``nlist`` centroid scores plus ``nprobe * n / nlist`` row scores per
     query; ``nlist ~ c sqrt(n)`` balances the two for a fixed probed share. faiss' guide
     recommends ``4 sqrt(n)`` to ``16 sqrt(n)``; the low end keeps lists long (about
-    ``sqrt(n) / 4`` rows), which suits the batched per-list matrix products here and
-    halves k-means time against ``8 sqrt(n)``.
+    ``sqrt(n) / 4`` rows), which suits the batched per-list matrix products here, and
+    costs a quarter of the k-means work of ``8 sqrt(n)`` (sample and centroids both
+    scale with nlist).
+
+    Raises
+    ------
+    InvalidInputError
+        If ``n < 1``.
     """
     if n < 1:
         raise InvalidInputError(f"an IVF index needs at least one row, got n={n}")
@@ -260,7 +279,8 @@ def default_nprobe(nlist: int) -> int:
 
     Notes
     -----
-    A query scans about ``n / 24`` rows. The share is set by the hardest of the three
+    A query probes 1/24 of the lists once there are more than 480. The share is set by
+    the hardest of the three
     reference sets, glove-50-angular, which needs 90 of its 2,498 lists for recall@10 of
     0.95 (siftsmall needs 17 of 400, fashion-mnist 8 of 980); 1/24 gives it 0.962 and
     the minimum of 20 gives siftsmall 0.965. Curves per data set: docs/IVF.md.
@@ -400,8 +420,10 @@ def search_ivf(
     -----
     Every query gets ``min(k, number of allowed rows)`` results: one whose probed lists
     hold fewer allowed rows is answered by :func:`~tidepool_cli.engine.topk.knn`. When a
-    filter leaves fewer rows than a query would scan anyway (``n * nprobe / nlist``), the
-    whole batch goes to exact search, which is then both cheaper and exact.
+    filter leaves fewer rows than a query would scan anyway (``n * nprobe / nlist``) or
+    fewer than ``EXACT_ROWS_PER_LIST * nlist`` (scoring them costs about what scoring the
+    centroids does), the whole batch goes to exact search, which is then as cheap and
+    exact.
     """
     xq, k, nprobe, allowed = _check_search(index, x, xq, k, nprobe, allowed)
     nq, n = xq.shape[0], index.universe
@@ -412,24 +434,19 @@ def search_ivf(
         return D, I
     if allowed is not None and n_allowed == n:
         allowed = None
-    if allowed is not None and n_allowed * index.nlist < nprobe * n:
+    if allowed is not None and n_allowed < max(nprobe * n / index.nlist, EXACT_ROWS_PER_LIST * index.nlist):
         return knn(xq, x, k, index.metric, xb_sqnorms=xb_sqnorms, allowed=allowed)
     kk = candidate_count(k, n_allowed)
     # Threads pay off only when there is enough to share; small batches run inline.
     workers = _workers() if nq * nprobe >= PARALLEL_MIN_PAIRS else 1
     with ThreadPoolExecutor(workers) if workers > 1 else nullcontext() as pool:
         run = _Runner(pool, workers)
-        for s in range(0, nq, SCAN_QUERIES):
-            qb = xq[s : s + SCAN_QUERIES]
+        batch = max(1, min(SCAN_QUERIES, SCAN_PAIRS // nprobe))
+        for s in range(0, nq, batch):
+            qb = xq[s : s + batch]
             lids, qids, near = _probe(index, qb, nprobe, run)
-            cand = _scan(index, x, qb, lids, qids, near, kk, allowed, xb_sqnorms, run)
-            step = max(1, min(RERANK_FLOATS // (kk * index.dim), -(-qb.shape[0] // workers)))
-            parts = run.map(
-                lambda r: rerank(qb[r : r + step], x, cand[r : r + step], k, index.metric),
-                range(0, qb.shape[0], step),
-            )
-            D[s : s + qb.shape[0]] = np.concatenate([p[0] for p in parts])
-            I[s : s + qb.shape[0]] = np.concatenate([p[1] for p in parts])
+            cand, cval = _scan(index, x, qb, lids, qids, near, kk, allowed, xb_sqnorms, run)
+            D[s : s + qb.shape[0]], I[s : s + qb.shape[0]] = _rerank(index, x, qb, cand, cval, k, run)
     short = np.flatnonzero(I[:, min(k, n_allowed) - 1] < 0)
     if short.size:
         D[short], I[short] = knn(xq[short], x, k, index.metric, xb_sqnorms=xb_sqnorms, allowed=allowed)
@@ -578,19 +595,33 @@ def _stable_order(keys: np.ndarray, bound: int) -> np.ndarray:
 
 
 class _Lists:
-    """Posting lists of one scan batch: decoded IDs restricted to allowed rows, and the
-    right operand of the proxy product, ``[x, |x|^2]^T`` (l2) or ``x^T``, (d or d + 1, m).
-    Operands built in the bound passes are kept for the scan pass while they fit
+    """Posting lists of one scan batch and their proxy scores.
+
+    A list's entry is its decoded IDs (restricted to allowed rows) and the right operand
+    of the proxy product: ``[x, |x|^2]^T`` against queries ``[-2q, 1]`` for l2, ``x^T``
+    against ``-q`` otherwise. For long vectors the operand is a transposed view of the
+    gathered rows, which OpenBLAS multiplies up to 1.7x faster in the thin slices of
+    :func:`_product`, and the l2 norms are added to the scores instead of appended to
+    every row. Entries built in the bound pass are kept for the scan pass while they fit
     ``OPERAND_CACHE_BYTES``, split evenly between the workers.
     """
 
-    def __init__(self, index, x, allowed, xb_sqnorms, workers):
+    def __init__(self, index, x, xq, allowed, xb_sqnorms, workers):
         self.index, self.x, self.allowed, self.sq = index, x, allowed, xb_sqnorms
         self.share = OPERAND_CACHE_BYTES // workers
-        self.cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self.cache: dict[int, tuple] = {}
+        nq, d = xq.shape
+        if index.metric == "l2":
+            # Both contiguous: np.take from a strided view is an order of magnitude slower.
+            self.q2 = np.multiply(xq, np.float32(-2.0))
+            self.qa = np.empty((nq, d + 1), dtype=np.float32)
+            self.qa[:, :d] = self.q2
+            self.qa[:, d] = 1.0
+        else:
+            self.qa = self.q2 = -xq
 
-    def get(self, lid: int) -> tuple[np.ndarray, np.ndarray]:
-        """(ids (m,) int64, operand (d or d + 1, m) float32) of list ``lid``."""
+    def get(self, lid: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """(ids (m,) int64, operand (e, m) float32, norms to add (m,) or None) of list ``lid``."""
         hit = self.cache.get(lid)
         if hit is not None:
             return hit
@@ -601,35 +632,40 @@ class _Lists:
         if self.allowed is not None:
             ids = ids[self.allowed[ids]]
         rows = np.asarray(self.x[ids], dtype=np.float32)
-        if idx.metric == "l2":
-            sq = self.sq[ids] if self.sq is not None else np.einsum("ij,ij->i", rows, rows)
-            rows = np.concatenate([rows, sq[:, None]], axis=1)
-        # OpenBLAS multiplies the thin row slices of _product fastest against a
-        # contiguous (e, m) operand, unless the slices get very thin (long vectors),
-        # where the transposed view of the rows wins by up to 1.7x.
         thin = SERIAL_GEMM_MNK // max(1, rows.size) < 8
-        return ids, (rows.T if thin else np.ascontiguousarray(rows.T))
+        if idx.metric != "l2":
+            return ids, (rows.T if thin else np.ascontiguousarray(rows.T)), None
+        sq = self.sq[ids] if self.sq is not None else np.einsum("ij,ij->i", rows, rows)
+        if thin:
+            return ids, rows.T, np.asarray(sq, dtype=np.float32)
+        op = np.empty((rows.shape[1] + 1, ids.size), dtype=np.float32)
+        op[:-1] = rows.T
+        op[-1] = sq
+        return ids, op, None
 
-    def keep(self, lid: int, entry: tuple[np.ndarray, np.ndarray], budget: int) -> int:
+    def score(self, entry: tuple, qs: np.ndarray) -> np.ndarray:
+        """(len(qs), m) proxies of the queries ``qs`` against a list entry."""
+        _, op, sq = entry
+        if sq is None:
+            return _product(self.qa, qs, op)
+        block = _product(self.q2, qs, op)
+        block += sq
+        return block
+
+    def keep(self, lid: int, entry: tuple, budget: int) -> int:
         """Cache ``entry`` if it fits ``budget`` bytes; return the budget left."""
-        size = entry[1].nbytes + entry[0].nbytes
+        size = sum(a.nbytes for a in entry if a is not None)
         if size <= budget:
             self.cache[lid] = entry
             return budget - size
         return budget
 
 
-def _scan(index, x, xq, lids, qids, near, kk, allowed, xb_sqnorms, run) -> np.ndarray:
-    """Candidate positions (nq, kk) int64, -1 padded: the kk best proxies over the probed lists."""
-    nq, d = xq.shape
-    # Query operand: [-2q, 1] against [x, |x|^2] gives |x|^2 - 2 q.x in one product.
-    if index.metric == "l2":
-        qa = np.empty((nq, d + 1), dtype=np.float32)
-        np.multiply(xq, -2.0, out=qa[:, :d])
-        qa[:, d] = 1.0
-    else:
-        qa = -xq
-    lists = _Lists(index, x, allowed, xb_sqnorms, run.workers)
+def _scan(index, x, xq, lids, qids, near, kk, allowed, xb_sqnorms, run) -> tuple[np.ndarray, np.ndarray]:
+    """The kk best proxies over the probed lists: positions (nq, kk) int64, -1 padded, and
+    the proxies, +inf padded."""
+    nq = xq.shape[0]
+    lists = _Lists(index, x, xq, allowed, xb_sqnorms, run.workers)
     nb = near.shape[1]
     tops = np.full((nq, nb, kk), np.inf, dtype=np.float32)
 
@@ -639,9 +675,9 @@ def _scan(index, x, xq, lids, qids, near, kk, allowed, xb_sqnorms, run) -> np.nd
         kept, budget = [], lists.share
         for lid, qs, js in groups:
             entry = lists.get(lid)
-            ids, op = entry
+            ids = entry[0]
             if ids.size:
-                block = _product(qa, qs, op)
+                block = lists.score(entry, qs)
                 if ids.size > kk:
                     top = np.partition(block, kk - 1, axis=1)[:, :kk]
                     kept.append(_keep(block, qs, ids, top.max(axis=1)))
@@ -656,9 +692,10 @@ def _scan(index, x, xq, lids, qids, near, kk, allowed, xb_sqnorms, run) -> np.nd
         # Same bound, one further list per query, folded into best as it goes.
         kept = []
         for lid, qs in groups:
-            ids, op = lists.get(lid)
+            entry = lists.get(lid)
+            ids = entry[0]
             if ids.size:
-                block = _product(qa, qs, op)
+                block = lists.score(entry, qs)
                 kept.append(_keep(block, qs, ids, best[qs].max(axis=1)))
                 both = np.concatenate([best[qs], block], axis=1)
                 best[qs] = np.partition(both, kk - 1, axis=1)[:, :kk]
@@ -668,9 +705,9 @@ def _scan(index, x, xq, lids, qids, near, kk, allowed, xb_sqnorms, run) -> np.nd
         # Every other probed list: only entries within the bound can be candidates.
         kept = []
         for lid, qs in groups:
-            ids, op = lists.get(lid)
-            if ids.size:
-                kept.append(_keep(_product(qa, qs, op), qs, ids, bound[qs]))
+            entry = lists.get(lid)
+            if entry[0].size:
+                kept.append(_keep(lists.score(entry, qs), qs, entry[0], bound[qs]))
         return kept
 
     # Every (query, near list) pair once, grouped by list: one product per list.
@@ -693,6 +730,75 @@ def _scan(index, x, xq, lids, qids, near, kk, allowed, xb_sqnorms, run) -> np.nd
     bound = best.max(axis=1)
     kept += run.map(scan_pass, run.split(list(_groups(lids[rest], qids[rest]))))
     return _merge([e for part in kept for e in part], nq, kk, run)
+
+
+def _rerank(index, x, xq, cand, cval, k, run) -> tuple[np.ndarray, np.ndarray]:
+    """Exact distances and top k of the candidates that can still reach the top k.
+
+    Candidates are sorted by proxy; those past :func:`_reach` cannot beat the k-th one
+    whatever the float32 rounding, so rerank never reads their rows. Queries are grouped
+    by how many candidates they keep and reranked group by group.
+    """
+    nq, kk = cand.shape
+    order = np.argsort(cval, axis=1, kind="stable")
+    cand, cval = np.take_along_axis(cand, order, 1), np.take_along_axis(cval, order, 1)
+    width = _reach(cval, xq, k, index.metric)
+    D = np.empty((nq, k), dtype=np.float32)
+    I = np.empty((nq, k), dtype=np.int64)
+    jobs = []
+    for w in np.unique(width).tolist():
+        rows = np.flatnonzero(width == w)
+        step = max(1, min(RERANK_FLOATS // (w * index.dim), -(-rows.size // run.workers)))
+        jobs += [(w, rows[r : r + step]) for r in range(0, rows.size, step)]
+
+    def job(item):
+        w, rows = item
+        D[rows], I[rows] = rerank(xq[rows], x, cand[rows, :w], k, index.metric)
+
+    run.map(job, jobs)
+    return D, I
+
+
+def _reach(cval: np.ndarray, xq: np.ndarray, k: int, metric: str) -> np.ndarray:
+    """How many of each query's proxy-sorted candidates can end up in its exact top k.
+
+    A float32 dot product of m terms is off by at most ``gamma * sum |terms|`` with
+    ``gamma = m u / (1 - m u)``, ``u = 2**-24`` (Higham, "Accuracy and Stability of
+    Numerical Algorithms", 2002, section 3.1), whatever the summation order. For l2 the
+    terms of ``|x|^2 - 2 q.x`` sum to at most ``|x|^2 + 2 |q| |x|``, and a candidate's
+    own proxy bounds its norm, ``|x| <= |q| + sqrt(proxy + |q|^2)``; the exact distances
+    of the rerank carry the same kind of error. A candidate whose proxy exceeds the k-th
+    one by more than twice the sum of these bounds is farther for certain. Inner
+    products bound the terms by ``|q| |x| = 1`` for cosine; ``dot`` has no norm bound
+    and keeps every candidate.
+
+    Parameters
+    ----------
+    cval : (nq, kk) float32, ascending per row, +inf padded
+    xq : (nq, d) float32
+    k : int
+    metric : {"l2", "cosine", "dot"}
+
+    Returns
+    -------
+    (nq,) int64 in ``[min(k, kk), kk]``
+    """
+    nq, kk = cval.shape
+    if metric == "dot" or kk <= k:
+        return np.full(nq, kk, dtype=np.int64)
+    m = xq.shape[1] + 2
+    gamma = m * 2.0**-24 / (1 - m * 2.0**-24)
+    v = cval.astype(np.float64)
+    if metric == "l2":
+        qn = np.sqrt(np.einsum("ij,ij->i", xq, xq, dtype=np.float64))[:, None]
+        finite = np.where(np.isfinite(v), v, -np.inf).max(axis=1, keepdims=True)
+        xn = qn + np.sqrt(np.maximum(finite + qn**2, 0.0))
+        scale = (xn**2 + 2 * qn * xn) + (qn + xn) ** 2
+    else:
+        scale = np.full((nq, 1), 2.0)
+    limit = v[:, k - 1 : k] + 4 * gamma * scale
+    # Strictly beyond: a candidate at exactly the limit could still tie the k-th.
+    return np.maximum(np.count_nonzero(~(v > limit), axis=1), min(k, kk)).astype(np.int64)
 
 
 def _product(qa: np.ndarray, qs: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -746,8 +852,9 @@ def _groups(lids: np.ndarray, *cols: np.ndarray):
             yield (int(lids[a]), *(c[a:b] for c in cols))
 
 
-def _merge(kept, nq: int, kk: int, run: _Runner) -> np.ndarray:
-    """The kk best (proxy, then id) kept entries per query, as (nq, kk) positions, -1 padded.
+def _merge(kept, nq: int, kk: int, run: _Runner) -> tuple[np.ndarray, np.ndarray]:
+    """The kk best (proxy, then id) kept entries per query: (nq, kk) positions, -1 padded,
+    and their proxies, +inf padded.
 
     Queries are ranked by the size class of their entry count (the next power of two),
     entries are radix-sorted by that rank, and each class is laid out as a padded
@@ -755,8 +862,9 @@ def _merge(kept, nq: int, kk: int, run: _Runner) -> np.ndarray:
     linear in the entries, where a sort on (query, proxy, id) costs several times more.
     """
     cand = np.full((nq, kk), -1, dtype=np.int64)
+    cval = np.full((nq, kk), np.inf, dtype=np.float32)
     if not kept:
-        return cand
+        return cand, cval
     q, v, ids = (np.concatenate(a) for a in zip(*kept))
     counts = np.bincount(q, minlength=nq)
     cls = np.zeros(nq, dtype=np.int64)
@@ -783,15 +891,18 @@ def _merge(kept, nq: int, kk: int, run: _Runner) -> np.ndarray:
         c = int(cls[rows[0]])
         if c == 0:
             cand[rows[er], ep] = ids[e0:e1]
+            cval[rows[er], ep] = v[e0:e1]
             return
         V = np.full((b - a, 1 << c), np.inf, dtype=np.float32)
         X = np.full((b - a, 1 << c), np.iinfo(np.int64).max, dtype=np.int64)
         V[er, ep] = v[e0:e1]
         X[er, ep] = ids[e0:e1]
-        cand[rows] = X[_best(V, X, kk)].reshape(b - a, kk)
+        sel = _best(V, X, kk)
+        cand[rows] = X[sel].reshape(b - a, kk)
+        cval[rows] = V[sel].reshape(b - a, kk)
 
     run.map(select, [(a, b) for a, b in zip(bounds[:-1], bounds[1:]) if b > a])
-    return cand
+    return cand, cval
 
 
 def _best(V: np.ndarray, X: np.ndarray, kk: int) -> np.ndarray:
