@@ -17,6 +17,10 @@ a single node", NeurIPS 2019) share them:
   without extendCandidates and keepPrunedConnections, as in hnswlib); α > 1 keeps longer
   edges, as Vamana does.
 
+The construction helpers are shared too: :func:`knn_candidates` (blocked exact or
+IVF-partitioned k-NN lists), :func:`prefix_candidates` (what an incremental insertion
+sees), :func:`with_reverse_edges` and :func:`connect_unreachable`.
+
 Beam entries are packed into one int64 *key* per entry,
 ``float_bits(distance) << 32 | id << 1 | unexpanded``, so that a plain integer sort orders
 entries by distance, breaks ties by id, and carries the expansion flag along. Distances
@@ -134,13 +138,17 @@ def beam_search(
     dist : (nq, L) float32
         Their distances as computed during the walk (``l2``: squared, from norms and dot
         products, so a few ulps off the exact value), +inf padded.
+
+    Notes
+    -----
+    The visited sets take ``nq · n`` bytes while ``n <= EXACT_VISITED_MAX`` (zero pages,
+    materialised only where touched) and ``nq · 32 KiB`` above: callers bound ``nq``.
     """
     x = np.asarray(x)
     xq = np.ascontiguousarray(xq, dtype=np.float32)
     nq = xq.shape[0]
     n = x.shape[0]
     filtered = allowed is not None
-    width = n_results if filtered else ef
     out_b = np.full((nq, ef), SENTINEL, dtype=np.int64)
     out_r = np.full((nq, n_results), SENTINEL, dtype=np.int64) if filtered else None
     if nq == 0 or n == 0:
@@ -538,18 +546,20 @@ def knn_candidates(
     tick: Callable[[int], None] | None = None,
     workers: int = 1,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Approximate k nearest other rows of every row: the candidate lists of a graph build.
+    """Approximate k nearest member rows of each query row: the candidate lists of a graph build.
 
-    Rows are compared by GEMM blocks. Small inputs (``n² d <= EXACT_KNN_FLOPS``) compare
-    every pair. Larger ones are partitioned as an IVF index would be: k-means gives
-    ``n / IVF_CLUSTER_ROWS`` centroids, every row is a member of its nearest centroid's
-    cluster and is compared with the members of its ``IVF_PROBES`` nearest clusters.
-    That finds most true neighbours across cluster borders at
-    ``O(n · IVF_PROBES · IVF_CLUSTER_ROWS · d)`` cost, plus ``O(n · nlist · d)`` for the
-    assignment, instead of ``O(n² d)``. Each row's best candidates per block are selected
-    with a partition of int32 keys whose low mantissa bits hold the column, which orders
-    distances to about 1e-4 relative precision (plenty for candidates) and runs several
-    times faster than ``argpartition``.
+    Rows are compared by GEMM blocks. Small inputs (``queries · members · d <=
+    EXACT_KNN_FLOPS``) compare every pair. Larger ones are partitioned as an IVF index
+    would be: k-means gives ``members / IVF_CLUSTER_ROWS`` centroids (a cluster over twice
+    that size is split by its own k-means, since its cost grows with the square of its
+    size), every member belongs to its nearest centroid's cluster, and every query row is
+    compared with the members of its ``IVF_PROBES`` nearest clusters. That finds most true
+    neighbours across cluster borders at ``O(n · IVF_PROBES · IVF_CLUSTER_ROWS · d)``
+    cost, plus ``O(n · nlist · d)`` for the assignment, instead of ``O(n² d)``. Each row's
+    best candidates per block are selected with a partition of int32 keys whose low
+    mantissa bits hold the column, which orders distances to about 1e-4 relative
+    precision (plenty for candidates) and runs several times faster than
+    ``argpartition``.
 
     Parameters
     ----------
@@ -854,7 +864,7 @@ def with_reverse_edges(
     ids : (n, width) int64, sorted by distance then id, -1 padded
     dist : (n, width) float32, +inf padded
     """
-    n, R = ids.shape
+    n = ids.shape[0]
     valid = ids >= 0
     src = np.broadcast_to(np.arange(n)[:, None], ids.shape)[valid]
     dst = ids[valid].astype(np.int64)
@@ -948,7 +958,7 @@ def connect_unreachable(
     int
         Number of edges added.
     """
-    m, R = adjacency.shape
+    R = adjacency.shape[1]
     added = 0
     for _ in range(REPAIR_ROUNDS):
         seen = reachable(adjacency, start)

@@ -9,12 +9,14 @@ upper layers greedily from the entry point and runs a beam search of width ``ef`
 layer 0.
 
 Construction differs from the paper's one-node-at-a-time insertion, which is a Python
-loop of tiny operations in NumPy. Each layer is built in bulk instead, from the k-NN
-candidate lists of its nodes (:func:`~tidepool_cli.engine.graph.knn_candidates`):
-the heuristic picks the out-edges, every edge is mirrored, lists that overflow are pruned
-again with the heuristic (what an HNSW insertion does to a full neighbour list), and rows
-left without a path from the entry point get an in-edge. docs/HNSW.md has the reasoning
-and the measurements.
+loop of tiny operations in NumPy. Each layer is built in bulk instead. Every node gets
+two candidate lists: its nearest among the nodes inserted before it in a random order
+(computed exactly, in rounds that double the graph: what the paper's insertion search
+returns, and the source of the long edges that let a search cross clusters), and its
+nearest among all nodes (what later insertions offer it as reverse edges). The heuristic
+picks the out-edges, every edge is mirrored, lists that overflow are pruned again with the
+heuristic (what an insertion does to a full neighbour list), and rows left without a path
+from the entry point get an in-edge. docs/HNSW.md has the reasoning and the measurements.
 
 Arrays are fixed-width and C-contiguous (int32 neighbour ids, uint8 levels), so a storage
 layer can write them as sections and memmap them back read-only; search never writes them.
@@ -43,11 +45,11 @@ DEFAULT_EF_SEARCH = 16
 """Beam width at layer 0 when the caller gives none: recall@10 >= 0.95 with the default
 M and ef_construction on siftsmall and fashion-mnist (docs/HNSW.md)."""
 
-MIN_ROWS_FOR_GRAPH = 20_000
+MIN_ROWS_FOR_GRAPH = 10_000
 """Below this many rows an exact scan answers a query batch faster than the graph
 (crossover measured on 2 cores, docs/HNSW.md); the planner keeps such segments on exact scan."""
 
-FILTER_EXACT_BELOW = 0.02
+FILTER_EXACT_BELOW = 0.25
 """Allowed fraction below which exact search over the allowed rows beats a filtered graph
 search (docs/HNSW.md); :func:`search_hnsw` itself switches to it below this fraction."""
 
@@ -62,7 +64,6 @@ PREFIX_EXACT = 2048
 
 QUERY_BATCH = 1024
 """Queries searched in lockstep at most."""
-
 
 VISITED_BYTES = 1 << 25
 """Budget of one batch's visited table; bounds the batch size for large n."""
