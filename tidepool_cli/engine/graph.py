@@ -71,6 +71,19 @@ def parallel(fn: Callable[[int], None], items, workers: int) -> None:
 
     The items' numpy work (gathers, GEMMs, sorts) releases the GIL, so blocks overlap
     on the cores; ``fn`` must write disjoint outputs or lock what it shares.
+
+    Parameters
+    ----------
+    fn : callable(int)
+        Work on one item (a block start, a cluster number).
+    items : iterable of int
+    workers : int
+        Threads; 1 runs the items in order on the calling thread.
+
+    Raises
+    ------
+    Exception
+        The first exception raised by ``fn``, re-raised on the calling thread.
     """
     items = list(items)
     if workers <= 1 or len(items) <= 1:

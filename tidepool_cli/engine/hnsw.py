@@ -535,6 +535,7 @@ def _descend(graph: HnswGraph, x, xq, xb_sqnorms) -> np.ndarray:
 
 
 def _threads(threads: int | None) -> int:
+    """Worker count: ``threads`` if given, else the CPUs this process may run on."""
     if threads is not None:
         return max(1, int(threads))
     try:
