@@ -68,3 +68,14 @@ def test_knn_exact_on_siftsmall(siftsmall):
     D, I = knn(xq, xb, 10, "l2")
     np.testing.assert_array_equal(I, gt[:, :10])
     np.testing.assert_allclose(D, gt_dist[:, :10], rtol=1e-6)
+
+
+@pytest.mark.parametrize("n, k", [(1000, 65), (300, 250), (5000, 100)])
+def test_knn_with_k_large_relative_to_n(n, k):
+    rng = np.random.default_rng(k)
+    xb = rng.integers(0, 50, (n, 6)).astype(np.float32)
+    xq = rng.integers(0, 50, (40, 6)).astype(np.float32)
+    D, I = knn(xq, xb, k, "l2")
+    Db, Ib = brute_force(xq, xb, k, "l2")
+    np.testing.assert_array_equal(I, Ib)
+    np.testing.assert_allclose(D, Db, rtol=1e-6)

@@ -115,14 +115,22 @@ def knn(
             return Ds, np.where(Is >= 0, sub[np.maximum(Is, 0)], -1)
 
     kk = candidate_count(k, n if allowed is None else int(np.count_nonzero(allowed)))
-    if nq <= SMALL_BATCH:
-        return rerank(xq, xb, _select_small(xq, xb, kk, metric, xb_sqnorms, allowed), k, metric)
+    if nq <= SMALL_BATCH or kk * GROUP * 4 >= min(n, BLOCK_ROWS):
+        # Few queries, or so many candidates that groups would hold most rows of a block:
+        # a per-block partition of the proxies is cheaper than the group-minimum filter.
+        return _batched(xq, lambda qb: rerank(qb, xb, _select_small(qb, xb, kk, metric, xb_sqnorms, allowed), k, metric), k)
     blocks = _BaseBlocks(xb, metric, xb_sqnorms, allowed)
     for qs in range(0, nq, QUERY_BATCH):
         qb = xq[qs : qs + QUERY_BATCH]
         cand = _select_candidates(qb, blocks, kk)
         D[qs : qs + QUERY_BATCH], I[qs : qs + QUERY_BATCH] = rerank(qb, xb, cand, k, metric)
     return D, I
+
+
+def _batched(xq: np.ndarray, fn, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Apply ``fn`` to query batches of QUERY_BATCH rows and stack the (D, I) results."""
+    parts = [fn(xq[s : s + QUERY_BATCH]) for s in range(0, xq.shape[0], QUERY_BATCH)]
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
 def rerank(
