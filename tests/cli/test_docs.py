@@ -73,3 +73,14 @@ def test_mutation_commands_json_matches_the_documented_keys(tmp_path):
         r = CliRunner().invoke(app, args)
         assert r.exit_code == 0, r.stderr
         assert set(json.loads(r.stdout)) == _documented_keys(section), section
+
+
+def test_documented_defaults_match_the_code():
+    from tidepool_cli.engine.hnsw import FILTER_EXACT_BELOW, MIN_ROWS_FOR_GRAPH
+    from tidepool_cli.ops.build_ivf import MIN_ROWS_FOR_IVF
+
+    assert f"`--min-rows` rows (default {MIN_ROWS_FOR_GRAPH:,})" in README
+    assert f"(default {MIN_ROWS_FOR_IVF:,})" in README
+    assert f"less than {FILTER_EXACT_BELOW:.0%} of a segment" in README
+    helps = {c.name: CliRunner().invoke(app, [c.name, "--help"], terminal_width=200).stdout for c in app.registered_commands}
+    assert f"(default {MIN_ROWS_FOR_GRAPH})" in helps["build-hnsw"] and f"(default {MIN_ROWS_FOR_IVF})" in helps["build-ivf"]

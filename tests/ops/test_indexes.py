@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 
+from tidepool_cli.engine.hnsw import FILTER_EXACT_BELOW
 from tidepool_cli.engine.recall import recall_at_k
 from tidepool_cli.engine.topk import knn
 from tidepool_cli.ops.build_hnsw import build_hnsw
@@ -60,8 +61,7 @@ def test_filtered_queries_keep_recall_and_never_return_fewer_than_k(sift_index, 
     assert all(len(ids) == 10 for ids in out.ids)
     assert all(mask[i] for ids in out.ids for i in ids)
     assert recall_at_k(np.array(out.ids), truth, 10) >= 0.95
-    if fraction < 0.02:
-        assert out.paths == {"seg-000001": "exact-filtered"}
+    assert out.paths == {"seg-000001": "exact-filtered" if fraction < FILTER_EXACT_BELOW else "hnsw"}
 
 
 def test_deletes_keep_the_graph_and_are_never_returned(tmp_path, siftsmall):

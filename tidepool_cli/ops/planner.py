@@ -8,9 +8,11 @@ For each source (a segment, or the WAL tail) the planner picks:
 * ``exact`` — the blocked exact scan: the WAL tail, segments without an index (those
   below the build's minimum size stay so on purpose: a scan is faster there), ``--exact``,
   and *selective filters*. When the rows a query may return are fewer than
-  ``FILTER_EXACT_BELOW`` of a segment (counted exactly from the filter mask), an index
-  would visit mostly rejected rows, so the planner scans just the allowed rows instead:
-  fast, exact, and never short of k results.
+  :data:`tidepool_cli.engine.hnsw.FILTER_EXACT_BELOW` (25%) of a segment, counted exactly
+  from the filter mask, an index would visit mostly rejected rows, so the planner scans
+  just the allowed rows instead (``exact-filtered``): as fast there as the graph, exact,
+  and never short of k results. The same threshold serves IVF, whose probed lists thin
+  out the same way.
 
 A sidecar that fails its checksums is reported once as a warning and the segment falls
 back to exact search, so a damaged index never returns wrong results.
@@ -29,10 +31,6 @@ from tidepool_cli.ops.view import Source
 
 # The graph and IVF modules (and the ID codecs behind them) are imported only when a
 # segment has such an index: a plain exact query should not pay for their import.
-
-FILTER_EXACT_BELOW = 0.02
-"""Allowed fraction of a segment's rows below which it is scanned exactly over just those
-rows (the crossover measured for HNSW in docs/HNSW.md; IVF probes suffer the same way)."""
 
 
 @dataclass(frozen=True)
@@ -59,6 +57,8 @@ def choose_path(src: Source, allowed_fraction: float, params: SearchParams) -> s
     available = src.segment.entry.indexes if src.segment is not None else {}
     if params.exact or not available:
         return "exact"
+    from tidepool_cli.engine.hnsw import FILTER_EXACT_BELOW
+
     if allowed_fraction < FILTER_EXACT_BELOW:
         return "exact-filtered"
     if "ivf" in available and (params.nprobe is not None or "hnsw" not in available):
@@ -105,8 +105,7 @@ def search_source(
         if index is not None and path == "hnsw":
             from tidepool_cli.engine.hnsw import search_hnsw
 
-            D, I = search_hnsw(index, src.vectors, xq, k, ef_search=params.ef_search, allowed=mask, xb_sqnorms=src.sqnorms,
-                               filter_exact_below=FILTER_EXACT_BELOW)
+            D, I = search_hnsw(index, src.vectors, xq, k, ef_search=params.ef_search, allowed=mask, xb_sqnorms=src.sqnorms)
             return D, I, path
         if index is not None:
             from tidepool_cli.engine.ivf import search_ivf

@@ -19,7 +19,7 @@ def build_hnsw(
     m: Annotated[int, typer.Option("--m", min=2, help="M: neighbours per node on upper layers (2M on layer 0).")] = 16,
     ef_construction: Annotated[int, typer.Option("--ef-construction", min=1, help="Candidate-list size of the build.")] = 200,
     force: Force = False,
-    min_rows: Annotated[int | None, typer.Option("--min-rows", min=0, help="Segments with fewer rows stay on exact scan (default 20000).")] = None,
+    min_rows: Annotated[int | None, typer.Option("--min-rows", min=0, help="Segments with fewer rows stay on exact scan (default 10000).")] = None,
     seed: Seed = 0,
     lock_timeout: LockTimeout = DEFAULT_LOCK_TIMEOUT,
     json_out: JsonFlag = False,
