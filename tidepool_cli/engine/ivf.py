@@ -339,6 +339,8 @@ def build_ivf(
     if x.ndim != 2 or x.shape[0] < 1:
         raise InvalidInputError(f"build_ivf needs a non-empty 2-D array, got shape {x.shape}")
     n = x.shape[0]
+    if n > idcodec.MAX_UNIVERSE:
+        raise InvalidInputError(f"an IVF index addresses at most {idcodec.MAX_UNIVERSE} rows, got {n}")
     nlist = default_nlist(n) if nlist is None else _check_int(nlist, "nlist", 1, n)
     n_train = min(n, nlist * MAX_POINTS_PER_CENTROID)
     total = NITER * n_train + 2 * n
