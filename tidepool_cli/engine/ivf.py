@@ -790,9 +790,9 @@ def _reach(cval: np.ndarray, xq: np.ndarray, k: int, metric: str) -> np.ndarray:
     terms of ``|x|^2 - 2 q.x`` sum to at most ``|x|^2 + 2 |q| |x|``, and a candidate's
     own proxy bounds its norm, ``|x| <= |q| + sqrt(proxy + |q|^2)``; the exact distances
     of the rerank carry the same kind of error. A candidate whose proxy exceeds the k-th
-    one by more than twice the sum of these bounds is farther for certain. Inner
-    products bound the terms by ``|q| |x| = 1`` for cosine; ``dot`` has no norm bound
-    and keeps every candidate.
+    one by more than twice the sum of these bounds is farther for certain. For cosine
+    the terms are bounded by ``|q| |x| = |q|``; ``dot`` has no norm bound and keeps
+    every candidate.
 
     Parameters
     ----------
@@ -811,13 +811,14 @@ def _reach(cval: np.ndarray, xq: np.ndarray, k: int, metric: str) -> np.ndarray:
     m = xq.shape[1] + 2
     gamma = m * 2.0**-24 / (1 - m * 2.0**-24)
     v = cval.astype(np.float64)
+    qn = np.sqrt(np.einsum("ij,ij->i", xq, xq, dtype=np.float64))[:, None]
     if metric == "l2":
-        qn = np.sqrt(np.einsum("ij,ij->i", xq, xq, dtype=np.float64))[:, None]
         finite = np.where(np.isfinite(v), v, -np.inf).max(axis=1, keepdims=True)
         xn = qn + np.sqrt(np.maximum(finite + qn**2, 0.0))
         scale = (xn**2 + 2 * qn * xn) + (qn + xn) ** 2
     else:
-        scale = np.full((nq, 1), 2.0)
+        # Stored rows are unit vectors; the query's own norm covers one not prepared.
+        scale = 2.0 * np.maximum(qn, 1.0)
     limit = v[:, k - 1 : k] + 4 * gamma * scale
     # Strictly beyond: a candidate at exactly the limit could still tie the k-th.
     return np.maximum(np.count_nonzero(~(v > limit), axis=1), min(k, kk)).astype(np.int64)
