@@ -1,6 +1,7 @@
 """IVF index: recall on real data, codec independence, masks, determinism, degenerate sizes."""
 
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,6 +20,8 @@ from tidepool_cli.engine.ivf import (
 from tidepool_cli.engine.recall import recall_at_k
 from tidepool_cli.engine.topk import knn
 from tidepool_cli.errors import CorruptIndexError, InvalidInputError
+
+SIFT_2K = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "siftsmall-2k"
 
 
 def clustered(n, d, seed=0, centers=20):
@@ -56,6 +59,20 @@ def test_probing_every_list_is_exact_search_bit_for_bit(metric):
     index = build_ivf(xb, metric, nlist=30, codec="raw")
     D, I = search_ivf(index, xb, xq, 10, nprobe=30)
     De, Ie = knn(xq, xb, 10, metric)
+    np.testing.assert_array_equal(I, Ie)
+    np.testing.assert_array_equal(D, De)
+
+
+def test_integer_valued_data_with_large_norms_matches_exact_search():
+    # SIFT components are integers up to ~180: the float32 proxy |x|^2 - 2 q.x loses
+    # several units to cancellation, which the spare candidates and the rerank bound
+    # must absorb.
+    if not SIFT_2K.exists():
+        pytest.skip(f"{SIFT_2K} is not available")
+    xb, xq = np.load(SIFT_2K / "base.npy"), np.load(SIFT_2K / "queries.npy")
+    index = build_ivf(xb, "l2", nlist=20, codec="raw")
+    D, I = search_ivf(index, xb, xq, 10, nprobe=20, xb_sqnorms=sqnorms(xb))
+    De, Ie = knn(xq, xb, 10, "l2")
     np.testing.assert_array_equal(I, Ie)
     np.testing.assert_array_equal(D, De)
 
