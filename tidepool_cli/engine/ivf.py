@@ -428,6 +428,10 @@ def search_ivf(
     fewer than ``EXACT_ROWS_PER_LIST * nlist`` (scoring them costs about what scoring the
     centroids does), the whole batch goes to exact search, which is then as cheap and
     exact.
+
+    Batches of at least ``PARALLEL_MIN_PAIRS`` (query, list) pairs are scored on one
+    thread per CPU this process may use, capped by ``OMP_NUM_THREADS``; results do not
+    depend on the number of threads.
     """
     xq, k, nprobe, allowed = _check_search(index, x, xq, k, nprobe, allowed)
     nq, n = xq.shape[0], index.universe
