@@ -79,3 +79,13 @@ def test_knn_with_k_large_relative_to_n(n, k):
     Db, Ib = brute_force(xq, xb, k, "l2")
     np.testing.assert_array_equal(I, Ib)
     np.testing.assert_allclose(D, Db, rtol=1e-6)
+
+
+def test_few_queries_over_duplicates_break_ties_by_position():
+    xb = np.repeat(np.arange(5, dtype=np.float32)[:, None], 80, axis=0) * np.ones((1, 3), np.float32)
+    xb = np.concatenate([xb, xb])  # 800 rows, 5 distinct vectors, 160 copies each
+    xq = np.array([[0.2, 0.2, 0.2], [3.9, 4.0, 4.0]], np.float32)
+    for k in (1, 10, 100):
+        D, I = knn(xq, xb, k, "l2")
+        Db, Ib = brute_force(xq, xb, k, "l2")
+        np.testing.assert_array_equal(I, Ib)

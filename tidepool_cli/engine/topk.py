@@ -282,7 +282,7 @@ def _select_small(xq, xb, kk, metric, xb_sqnorms, allowed) -> np.ndarray:
         if allowed is not None:
             proxy[~allowed[s : s + step]] = np.inf
         if kk < proxy.shape[0]:
-            idx = np.argpartition(proxy, kk - 1, axis=0)[:kk]
+            idx = _smallest_rows(proxy, kk)
         else:
             idx = np.broadcast_to(np.arange(proxy.shape[0])[:, None], proxy.shape)
         parts_d.append(np.take_along_axis(proxy, idx, axis=0))
@@ -290,9 +290,25 @@ def _select_small(xq, xb, kk, metric, xb_sqnorms, allowed) -> np.ndarray:
     D = np.concatenate(parts_d).T
     I = np.concatenate(parts_i).T.astype(np.int64)
     if D.shape[1] > kk:
-        sel = np.argpartition(D, kk - 1, axis=1)[:, :kk]
+        # Few candidates per query here, so a full sort by (proxy, position) is cheap.
+        sel = np.lexsort((I, D), axis=1)[:, :kk]
         D, I = np.take_along_axis(D, sel, 1), np.take_along_axis(I, sel, 1)
     return np.where(np.isfinite(D), I, -1)
+
+
+def _smallest_rows(proxy: np.ndarray, kk: int) -> np.ndarray:
+    """Row indices (kk, nq) of the kk smallest values of each column, ties to the lower row.
+
+    ``argpartition`` picks arbitrary rows among values equal to the kk-th; the columns
+    where that matters (more equal values than chosen ones, as with duplicate vectors)
+    are redone with a stable sort.
+    """
+    idx = np.argpartition(proxy, kk - 1, axis=0)[:kk]
+    kth = np.take_along_axis(proxy, idx, axis=0).max(axis=0)
+    chosen_ties = (np.take_along_axis(proxy, idx, axis=0) == kth).sum(axis=0)
+    for q in np.flatnonzero((proxy == kth).sum(axis=0) > chosen_ties):
+        idx[:, q] = np.argsort(proxy[:, q], kind="stable")[:kk]
+    return idx
 
 
 def _merge(buf_d, buf_i, rows, vals, pos) -> None:
