@@ -84,6 +84,17 @@ def test_graph_invariants_siftsmall(siftsmall, sift_graph):
     assert g.reachable(sift_graph.layer0, sift_graph.entry_point).all()
 
 
+def test_excluded_rows_are_searched_as_if_absent(siftsmall, sift_graph):
+    xb = siftsmall[0]
+    rows = np.arange(0, len(xb), 37)
+    D, I = search_hnsw(sift_graph, xb, xb[rows], 10, ef_search=64, exclude=rows)
+    assert not (I == rows[:, None]).any()
+    _, truth = knn(xb[rows], xb, 11, "l2")
+    truth = [[t for t in ts if t != r][:10] for ts, r in zip(truth.tolist(), rows)]
+    hits = [len(set(a) & set(b)) for a, b in zip(I.tolist(), truth)]
+    assert np.mean(hits) / 10 >= 0.95
+
+
 def test_deleted_rows_are_walked_but_never_returned(siftsmall, sift_graph):
     xb, xq, _, _ = siftsmall
     rng = np.random.default_rng(1)

@@ -108,6 +108,7 @@ def beam_search(
     allowed: np.ndarray | None = None,
     n_results: int = 0,
     expand: int = 1,
+    exclude: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Lockstep beam search of a batch of queries on one graph layer.
 
@@ -142,6 +143,9 @@ def beam_search(
     expand : int
         Beam nodes expanded per query and hop. More than one cuts the number of hops
         (numpy calls) at the price of some speculative distance computations.
+    exclude : (nq,) int64, optional
+        One node per query that the walk treats as absent: never entered, expanded or
+        returned (leave-one-out search of indexed rows, for calibration).
 
     Returns
     -------
@@ -174,6 +178,9 @@ def beam_search(
 
     # Seed the beams with the entry nodes.
     entry = np.asarray(entry, dtype=np.int64).reshape(nq, -1)
+    if exclude is not None:
+        exclude = np.asarray(exclude, dtype=np.int64).reshape(nq, 1)
+        entry = np.where(entry == exclude, -1, entry)
     valid = entry >= 0
     er, ec = np.nonzero(valid)
     eid = entry[er, ec]
@@ -228,6 +235,8 @@ def beam_search(
         else:
             nb = adjacency[_rows_of(eid[:, 0], nodes)]
         new = nb >= 0
+        if exclude is not None:
+            new &= nb != exclude[act]
         if visited is not None:
             new = visited.filter(base, nb, new)
         r, c = np.nonzero(new)

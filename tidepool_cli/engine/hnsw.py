@@ -42,8 +42,16 @@ DEFAULT_M = 16
 DEFAULT_EF_CONSTRUCTION = 200
 
 DEFAULT_EF_SEARCH = 16
-"""Beam width at layer 0 when the caller gives none: recall@10 >= 0.95 with the default
-M and ef_construction on siftsmall and fashion-mnist (docs/HNSW.md)."""
+"""Beam width at layer 0 when neither the caller nor the index's calibration gives one,
+and the first ef_search a calibration tries: recall@10 >= 0.95 with the default M and
+ef_construction on siftsmall and fashion-mnist (docs/HNSW.md)."""
+
+MAX_CALIBRATED_EF_SEARCH = 512
+"""The largest ef_search a calibration chooses (glove-50-angular needs about 150)."""
+
+CALIBRATION_TARGET = 0.95
+"""Leave-one-out recall@10 a calibrated ef_search must reach on sampled rows; real
+queries then get 0.01 to 0.15 more (:mod:`~tidepool_cli.engine.calibrate`)."""
 
 MIN_ROWS_FOR_GRAPH = 10_000
 """Below this many rows an exact scan answers a query batch faster than the graph
@@ -352,6 +360,7 @@ def search_hnsw(
     xb_sqnorms: np.ndarray | None = None,
     filter_exact_below: float = FILTER_EXACT_BELOW,
     threads: int | None = None,
+    exclude: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """k approximate nearest rows per query.
 
@@ -384,6 +393,11 @@ def search_hnsw(
     threads : int, optional
         Query batches searched concurrently; default: the CPUs this process may use.
         Results do not depend on it.
+    exclude : (nq,) int64, optional
+        One row per query that the search treats as absent from the graph (not entered,
+        expanded or returned): searching indexed rows as if they were new queries, which
+        is how :mod:`~tidepool_cli.engine.calibrate` measures recall. A query left with
+        fewer than k results is completed by the exact scan, which ignores ``exclude``.
 
     Returns
     -------
@@ -445,7 +459,8 @@ def search_hnsw(
 
     def run(s: int) -> None:
         qb = xq[s : s + batch]
-        entry = _descend(graph, x, qb, xb_sqnorms)
+        ex = None if exclude is None else exclude[s : s + batch]
+        entry = _descend(graph, x, qb, xb_sqnorms, ex)
         cand, _ = g.beam_search(
             x,
             graph.layer0,
@@ -457,6 +472,7 @@ def search_hnsw(
             allowed=allowed,
             n_results=ef,
             expand=expand,
+            exclude=ex,
         )
         # Re-rank in query chunks whose gathered rows stay cache-resident.
         step = max(1, g.GATHER_CHUNK_BYTES // (4 * x.shape[1] * cand.shape[1]))
@@ -481,7 +497,7 @@ def search_hnsw(
     return D, I
 
 
-def _descend(graph: HnswGraph, x, xq, xb_sqnorms) -> np.ndarray:
+def _descend(graph: HnswGraph, x, xq, xb_sqnorms, exclude=None) -> np.ndarray:
     """Layer-0 entry nodes per query: (nq, e) int64, -1 padded.
 
     The paper descends greedily (ef = 1) from the entry point through every upper layer.
@@ -494,6 +510,8 @@ def _descend(graph: HnswGraph, x, xq, xb_sqnorms) -> np.ndarray:
     The scan is an ``einsum``, not a BLAS GEMM: these products are small, and a
     multi-threaded BLAS call waits for a scheduler slice on every core, which on a
     loaded machine costs milliseconds per call.
+
+    ``exclude`` (nq,) names a node per query that the descent never lands on.
     """
     nq, d = xq.shape
     if graph.max_level == 0:
@@ -510,6 +528,10 @@ def _descend(graph: HnswGraph, x, xq, xb_sqnorms) -> np.ndarray:
         proxy += xb_sqnorms[nodes] if xb_sqnorms is not None else sqnorms(xs)
     else:
         np.negative(proxy, out=proxy)
+    if exclude is not None:
+        pos = np.searchsorted(nodes, exclude).clip(max=nodes.size - 1)
+        hit = np.flatnonzero(nodes[pos] == exclude)
+        proxy[hit, pos[hit]] = np.inf
     if lvl == 1:
         # A few argmin passes beat a row-wise argpartition on these short rows.
         seeds = np.empty((nq, min(LAYER0_SEEDS, nodes.size)), dtype=np.int64)
@@ -529,6 +551,7 @@ def _descend(graph: HnswGraph, x, xq, xb_sqnorms) -> np.ndarray:
             metric=graph.metric,
             xb_sqnorms=xb_sqnorms,
             nodes=graph.upper_nodes[lvl - 1],
+            exclude=exclude,
         )
         cur = ids[:, 0]
     return cur[:, None]
