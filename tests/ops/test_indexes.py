@@ -5,7 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from tidepool_cli.engine.hnsw import FILTER_EXACT_BELOW
+from tidepool_cli.engine.distances import normalize_rows
+from tidepool_cli.engine.hnsw import DEFAULT_EF_SEARCH, FILTER_EXACT_BELOW
 from tidepool_cli.engine.recall import recall_at_k
 from tidepool_cli.engine.topk import knn
 from tidepool_cli.ops.build_hnsw import build_hnsw
@@ -147,3 +148,29 @@ def test_a_build_racing_a_merge_drops_its_index(tmp_path):
     assert res.built == [] and len(res.dropped) == MERGE_FACTOR - 1
     assert not list((idx / "segments").glob("*.hnsw"))  # the orphaned sidecars were removed
     assert [s.indexes for s in stats(idx).segments] == [{}]
+
+
+def test_calibrated_defaults_meet_recall_on_a_set_where_fixed_defaults_miss(tmp_path, glove):
+    """On glove the engine's fixed ef_search gives poor recall; each index's calibrated default must not."""
+    xb, xq, _, _ = glove
+    xb, xq = xb[:30_000], xq[:500]
+    _, truth = knn(normalize_rows(xq), normalize_rows(xb), 10, "cosine")
+    np.save(tmp_path / "base.npy", xb)
+    idx = tmp_path / "idx"
+    ingest(idx, tmp_path / "base.npy", metric="cosine")
+    compact(idx)
+
+    build_ivf(idx, min_rows=0)
+    nprobe = stats(idx).segments[0].indexes["ivf"]["nprobe"]
+    out = Searcher(idx).search(xq, 10)
+    assert out.paths == {"seg-000001": "ivf"} and recall_at_k(np.array(out.ids), truth, 10) >= 0.95
+    assert Searcher(idx, params=SearchParams(nprobe=nprobe)).search(xq, 10).ids == out.ids  # the stored default
+
+    build_hnsw(idx, min_rows=0)
+    hnsw = stats(idx).segments[0].indexes["hnsw"]
+    assert hnsw["ef_search"] > DEFAULT_EF_SEARCH and hnsw["calibrated_recall"] >= 0.95
+    fixed = Searcher(idx, params=SearchParams(ef_search=DEFAULT_EF_SEARCH)).search(xq, 10)
+    out = Searcher(idx).search(xq, 10)
+    assert out.paths == {"seg-000001": "hnsw"}
+    assert recall_at_k(np.array(out.ids), truth, 10) >= 0.95
+    assert recall_at_k(np.array(out.ids), truth, 10) > recall_at_k(np.array(fixed.ids), truth, 10)

@@ -67,6 +67,13 @@ NPROBE_FRACTION = 1 / 24
 MIN_NPROBE = 20
 """Default nprobe never goes below this (small indexes have few lists; probing is cheap)."""
 
+MIN_CALIBRATED_NPROBE = 4
+"""The first nprobe a calibration tries (it then grows by a quarter per step up to nlist)."""
+
+CALIBRATION_TARGET = 0.965
+"""recall@10 a calibrated nprobe must reach on sampled rows, which track real queries
+within -0.02 / +0.01 (:mod:`~tidepool_cli.engine.calibrate`)."""
+
 ASSIGN_ROWS = 65536
 """Rows assigned per call while building: bounds memory and paces ``progress``."""
 
@@ -267,7 +274,11 @@ def default_nlist(n: int) -> int:
 
 
 def default_nprobe(nlist: int) -> int:
-    """Default lists probed per query: ``max(MIN_NPROBE, ceil(nlist * NPROBE_FRACTION))``, at most ``nlist``.
+    """Lists probed per query when neither the caller nor the index's calibration gives a number.
+
+    ``max(MIN_NPROBE, ceil(nlist * NPROBE_FRACTION))``, at most ``nlist``. ``build-ivf``
+    calibrates every index it builds (:mod:`tidepool_cli.engine.calibrate`), so this rule
+    serves indexes built through the engine API alone.
 
     Parameters
     ----------

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from tidepool_cli.engine import hnsw
+from tidepool_cli.engine.calibrate import calibrate, geometric_ladder
 from tidepool_cli.errors import InvalidInputError
 from tidepool_cli.ops.indexing import BuildResult, build_indexes, engine_progress
 from tidepool_cli.ops.progress import NULL_PROGRESS, Progress
@@ -24,6 +25,11 @@ def build_hnsw(
     progress: Progress = NULL_PROGRESS,
 ) -> BuildResult:
     """Build an HNSW graph (Malkov & Yashunin 2018) for every segment that lacks one.
+
+    Each graph is then calibrated (:func:`~tidepool_cli.engine.calibrate.calibrate`): the
+    smallest ef_search whose recall@10 on a sample of the segment's own rows reaches the
+    target is stored with it (manifest params ``ef_search``, ``calibrated_recall``) and
+    becomes the segment's default at query time.
 
     Parameters
     ----------
@@ -58,6 +64,14 @@ def build_hnsw(
         callback = engine_progress(prog, f"hnsw {seg.name}", "nodes")
         graph = hnsw.build_hnsw(seg.vectors, metric, m=m, ef_construction=ef_construction, seed=seed, progress=callback)
         prog.finish()
+        ef_search, recall = calibrate(
+            lambda xq, k, ef, rows: hnsw.search_hnsw(
+                graph, seg.vectors, xq, k, ef_search=ef, xb_sqnorms=seg.sqnorms, exclude=rows
+            ),
+            seg.vectors, metric, geometric_ladder(hnsw.DEFAULT_EF_SEARCH, hnsw.MAX_CALIBRATED_EF_SEARCH),
+            target=hnsw.CALIBRATION_TARGET,
+            xb_sqnorms=seg.sqnorms,
+        )
         st = graph.stats()
         params = {
             "m": m,
@@ -65,6 +79,8 @@ def build_hnsw(
             "max_level": st["max_level"],
             "nodes_per_level": [lv["nodes"] for lv in st["levels"]],
             "avg_out_degree": [lv["avg_out_degree"] for lv in st["levels"]],
+            "ef_search": ef_search,
+            "calibrated_recall": round(recall, 4),
         }
         return write_hnsw(seg.layout, seg.entry, graph, params)
 

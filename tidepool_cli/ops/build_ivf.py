@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from tidepool_cli.engine import idcodec, ivf
+from tidepool_cli.engine.calibrate import calibrate, geometric_ladder
 from tidepool_cli.errors import InvalidInputError
 from tidepool_cli.ops.indexing import BuildResult, build_indexes, engine_progress
 from tidepool_cli.ops.progress import NULL_PROGRESS, Progress
@@ -27,6 +28,11 @@ def build_ivf(
     progress: Progress = NULL_PROGRESS,
 ) -> BuildResult:
     """Build an IVF index (k-means coarse quantizer + compressed posting lists) per segment.
+
+    Each index is then calibrated (:func:`~tidepool_cli.engine.calibrate.calibrate`): the
+    smallest nprobe whose recall@10 on a sample of the segment's own rows reaches the
+    target is stored with it (manifest params ``nprobe``, ``calibrated_recall``) and
+    becomes the segment's default at query time.
 
     Parameters
     ----------
@@ -64,6 +70,13 @@ def build_ivf(
         lists = min(nlist, seg.rows) if nlist is not None else None
         index_ = ivf.build_ivf(seg.vectors, metric, nlist=lists, codec=id_codec, seed=seed, progress=callback)
         prog.finish()
-        return write_ivf(seg.layout, seg.entry, index_, index_.stats())
+        nprobe, recall = calibrate(
+            lambda xq, k, n, rows: ivf.search_ivf(index_, seg.vectors, xq, k, nprobe=n, xb_sqnorms=seg.sqnorms),
+            seg.vectors, metric, geometric_ladder(min(ivf.MIN_CALIBRATED_NPROBE, index_.nlist), index_.nlist),
+            target=ivf.CALIBRATION_TARGET,
+            xb_sqnorms=seg.sqnorms,
+        )
+        params = {**index_.stats(), "nprobe": nprobe, "calibrated_recall": round(recall, 4)}
+        return write_ivf(seg.layout, seg.entry, index_, params)
 
     return build_indexes(index, "ivf", build, force=force, min_rows=min_rows, lock_timeout=lock_timeout, progress=progress)

@@ -89,13 +89,20 @@ def _table(res) -> None:
 def _index_summary(kind: str, p: dict) -> str:
     if kind == "hnsw":
         deg = "/".join(f"{d:g}" for d in p.get("avg_out_degree", []))
-        return f"hnsw M={p.get('m')} efC={p.get('ef_construction')} levels={p.get('max_level', 0) + 1} out-degree {deg}, {_fmt_bytes(p['bytes'])}"
+        return f"hnsw M={p.get('m')} efC={p.get('ef_construction')}{_calibrated(p, 'ef_search', 'efSearch')} levels={p.get('max_level', 0) + 1} out-degree {deg}, {_fmt_bytes(p['bytes'])}"
     if kind == "ivf":
         return (
-            f"ivf {p.get('codec')} nlist={p.get('nlist')} {p.get('bits_per_id', 0):.2f} bits/ID (bound {p.get('bound_bits_per_id', 0):.2f}), "
+            f"ivf {p.get('codec')} nlist={p.get('nlist')}{_calibrated(p, 'nprobe', 'nprobe')} {p.get('bits_per_id', 0):.2f} bits/ID (bound {p.get('bound_bits_per_id', 0):.2f}), "
             f"lists {p.get('list_size_min')}/{p.get('list_size_median')}/{p.get('list_size_max')} imbalance {p.get('imbalance_factor', 0):.2f}, {_fmt_bytes(p['bytes'])}"
         )
     return kind
+
+
+def _calibrated(p: dict, key: str, label: str) -> str:
+    """`` label=V (recall R)`` for an index's calibrated default, empty for older indexes."""
+    if key not in p:
+        return ""
+    return f" {label}={p[key]} (recall@10 {p.get('calibrated_recall', 0):.3f})"
 
 
 def register(app: typer.Typer) -> None:
