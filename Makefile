@@ -27,6 +27,11 @@ demo: $(STAMP)
 	$(BIN)/python bench/recall.py $(DEMO_INDEX)/results.jsonl sample_data/siftsmall_groundtruth.npy -k 10
 	@echo "== the first two results"
 	@head -n 2 $(DEMO_INDEX)/results.jsonl
+	@echo "== build-hnsw: an HNSW graph for the segment, its default ef_search calibrated on its own rows"
+	$(BIN)/tidepool build-hnsw $(DEMO_INDEX)
+	@echo "== query through the graph, and its recall@10"
+	$(BIN)/tidepool query $(DEMO_INDEX) --input sample_data/siftsmall_query.npy -k 10 --format jsonl > $(DEMO_INDEX)/results-hnsw.jsonl
+	$(BIN)/python bench/recall.py $(DEMO_INDEX)/results-hnsw.jsonl sample_data/siftsmall_groundtruth.npy -k 10
 	@echo "== stats"
 	$(BIN)/tidepool stats $(DEMO_INDEX)
 
