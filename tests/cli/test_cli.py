@@ -184,3 +184,16 @@ def test_python_dash_m_and_stdin(tmp_path):
     q = subprocess.run([sys.executable, "-m", "tidepool_cli", "query", str(idx), "--input", "-", "-k", "1", "--format", "jsonl"],
                        input=data, capture_output=True)
     assert [json.loads(line)["ids"] for line in q.stdout.splitlines()] == [[i] for i in range(6)]
+
+
+def test_builds_report_and_store_their_calibrated_defaults(index):
+    """build-hnsw / build-ivf say which ef_search / nprobe queries will use; stats --json keeps it."""
+    assert run("compact", index).exit_code == 0
+    for cmd, key in (("build-hnsw", "ef_search"), ("build-ivf", "nprobe")):
+        res = run(cmd, index, "--min-rows", 0)
+        assert res.exit_code == 0, res.stderr
+        assert f"default {key} " in res.stderr
+        seg = json.loads(run("stats", index, "--json").stdout)["segments"][0]
+        assert seg["indexes"][cmd[6:]][key] >= 1 and 0 <= seg["indexes"][cmd[6:]]["calibrated_recall"] <= 1
+    out = run("query", index, "--vector", json.dumps([0.0] * 8), "-k", 5)
+    assert out.exit_code == 0 and len(json.loads(out.stdout)["results"][0]["ids"]) == 5

@@ -57,7 +57,13 @@ def build_ivf(
 def _report(res, json_out: bool) -> None:
     if json_out:
         emit_json(res.to_dict())
-    parts = [f"built {res.kind} for {len(res.built)} segments"]
+    parts = [f"built {res.kind} for {len(res.built)} segment{'s' if len(res.built) != 1 else ''}"]
+    key = "ef_search" if res.kind == "hnsw" else "nprobe"
+    calibrated = sorted({seg[key] for seg in res.segments if key in seg})
+    if calibrated:
+        span = f"{calibrated[0]}" if len(calibrated) == 1 else f"{calibrated[0]}-{calibrated[-1]}"
+        low = min(seg["calibrated_recall"] for seg in res.segments if key in seg)
+        parts.append(f"default {key} {span} (recall@10 >= {low:.3f} on sampled rows)")
     if res.already_indexed:
         parts.append(f"{len(res.already_indexed)} already indexed")
     if res.skipped_small:
