@@ -66,6 +66,7 @@ _MAX_SYMBOLS = 256  # high-part alphabet including the escape
 _SEED_BITS = 32  # raw low bits placed in the coder's initial state
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def ans_params(n: int, universe: int) -> tuple[int, int]:
     """Model parameters ``(b, level)`` for ``0 < n < universe``.
 
@@ -217,23 +218,25 @@ class AnsCodec:
             total += pending
         symbols = np.concatenate(parts) if len(parts) > 1 else batch
 
+        if total:
+            terminals = np.flatnonzero(symbols != k - 1)
+            gaps = (np.diff(terminals, prepend=-1) - 1) * (k - 1) + symbols[terminals]
+        else:  # the usual case: escapes have probability <= 2**-23 unless b hit its cap
+            gaps = symbols.astype(np.int64)
         if b:
+            gaps <<= b
             n_seed = min(n, -(-_SEED_BITS // b))
-            lo_main = coder.decode(uniform_model(1 << b), n - n_seed) if n > n_seed else np.empty(0, np.int32)
+            if n > n_seed:
+                gaps[: n - n_seed] |= coder.decode(uniform_model(1 << b), n - n_seed)
             seed = words_to_int(coder.get_compressed())
             if seed >> (n_seed * b):
                 raise CorruptIndexError("ans payload has words left over after decoding")
-            shifts = np.arange(n_seed, dtype=np.uint64) * np.uint64(b)
-            lo_seed = (np.uint64(seed) >> shifts) & np.uint64((1 << b) - 1)
-            lo = np.concatenate([lo_main.astype(np.int64), lo_seed.astype(np.int64)])
-        else:
-            if not coder.is_empty():
-                raise CorruptIndexError("ans payload has words left over after decoding")
-            lo = 0
-        if total:
-            terminals = np.flatnonzero(symbols != k - 1)
-            h = (np.diff(terminals, prepend=-1) - 1) * (k - 1) + symbols[terminals]
-        else:  # the usual case: escapes have probability <= 2**-23 unless b hit its cap
-            h = symbols.astype(np.int64)
-        ids = np.cumsum(((h << b) | lo) + 1) - 1
-        return check_decoded(ids, n, universe, "ans")
+            mask = (1 << b) - 1
+            gaps[n - n_seed :] |= [(seed >> (i * b)) & mask for i in range(n_seed)]
+        elif not coder.is_empty():
+            raise CorruptIndexError("ans payload has words left over after decoding")
+        # ids = cumsum(gaps + 1) - 1, in place.
+        gaps += 1
+        np.cumsum(gaps, out=gaps)
+        gaps -= 1
+        return check_decoded(gaps, n, universe, "ans")
