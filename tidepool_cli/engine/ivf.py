@@ -699,7 +699,7 @@ def _scan(index, x, xq, lids, qids, near, kk, allowed, xb_sqnorms, run) -> tuple
     the proxies, +inf padded."""
     nq = xq.shape[0]
     lists = _Lists(index, x, xq, allowed, xb_sqnorms, run.workers)
-    # Decoding holds the GIL (about 30 us per ans list); done up front on this thread it
+    # Decoding holds the GIL (about 25 us per ans list); done up front on this thread it
     # costs its own time, done inside the workers it stalls the other thread as well.
     for lid in np.flatnonzero(np.bincount(lids, minlength=index.nlist)).tolist():
         lists.decode(lid)
