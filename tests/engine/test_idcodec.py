@@ -16,6 +16,7 @@ from tidepool_cli.engine.idcodec import (
     MAX_UNIVERSE,
     IdCodec,
     decode_list,
+    decode_lists,
     elias_fano_access,
     encode_lists,
     get_codec,
@@ -300,6 +301,30 @@ def test_encode_lists_layout(name):
         assert zlib.crc32(payload) == crcs[i]
         out = decode_list(name, blob, offsets, crcs, i, ids.size, 20_000)
         np.testing.assert_array_equal(out, np.sort(ids))
+
+
+@pytest.mark.parametrize("name", CODEC_NAMES)
+@pytest.mark.parametrize("universe", [1, 2, 1_000, 50_000, MAX_UNIVERSE])
+def test_decode_lists_equals_decoding_one_by_one(name, universe):
+    rng = np.random.default_rng(universe % 97)
+    sizes = [0, 1, min(universe, 2), min(universe, 37), min(universe, 300), universe if universe <= 1_000 else 5]
+    lists = [random_set(rng, universe, n) for n in sizes]
+    blob, offsets, crcs = encode_lists(name, lists, universe)
+    order = [3, 0, 5, 1, 4, 2, 3]  # any order, repeats allowed
+    out = decode_lists(name, blob, offsets, crcs, order, [lists[i].size for i in order], universe)
+    for i, got in zip(order, out):
+        assert got.dtype == np.uint32
+        np.testing.assert_array_equal(got, np.sort(lists[i]))
+    assert decode_lists(name, blob, offsets, crcs, [], [], universe) == []
+
+
+def test_decode_lists_names_a_corrupt_list_whose_crc_matches():
+    lists = posting_lists(15, 50_000, 4)  # as in the test above, where list 0 fails its count
+    blob, offsets, crcs = encode_lists("ans", lists, 50_000)
+    order = [1, 2, 0, 3]
+    ns = [lists[i].size + (i == 0) for i in order]
+    with pytest.raises(CorruptIndexError, match="posting list 0"):
+        decode_lists("ans", blob, offsets, crcs, order, ns, 50_000)
 
 
 def test_encode_lists_names_the_bad_list():

@@ -665,16 +665,18 @@ class _Lists:
 
     def decode(self, lid: int) -> np.ndarray:
         """Positions (m,) int64 of the allowed rows of list ``lid``, decoded once per batch."""
-        ids = self.ids.get(lid)
-        if ids is None:
-            idx = self.index
-            ids = idcodec.decode_list(
-                idx.codec, idx.blob, idx.offsets, idx.crcs, lid, int(idx.list_sizes[lid]), idx.universe
-            ).astype(np.int64)
-            if self.allowed is not None:
-                ids = ids[self.allowed[ids]]
-            self.ids[lid] = ids
-        return ids
+        if lid not in self.ids:
+            self.decode_all([lid])
+        return self.ids[lid]
+
+    def decode_all(self, lids: list[int]) -> None:
+        """Decode the lists ``lids`` not decoded yet, in one :func:`idcodec.decode_lists` call."""
+        idx = self.index
+        todo = [lid for lid in lids if lid not in self.ids]
+        sizes = idx.list_sizes[todo].tolist()
+        for lid, ids in zip(todo, idcodec.decode_lists(idx.codec, idx.blob, idx.offsets, idx.crcs, todo, sizes, idx.universe)):
+            ids = ids.astype(np.int64)
+            self.ids[lid] = ids if self.allowed is None else ids[self.allowed[ids]]
 
     def score(self, entry: tuple, qs: np.ndarray) -> np.ndarray:
         """(len(qs), m) proxies of the queries ``qs`` against a list entry."""
@@ -701,8 +703,7 @@ def _scan(index, x, xq, lids, qids, near, kk, allowed, xb_sqnorms, run) -> tuple
     lists = _Lists(index, x, xq, allowed, xb_sqnorms, run.workers)
     # Decoding holds the GIL (about 25 us per ans list); done up front on this thread it
     # costs its own time, done inside the workers it stalls the other thread as well.
-    for lid in np.flatnonzero(np.bincount(lids, minlength=index.nlist)).tolist():
-        lists.decode(lid)
+    lists.decode_all(np.flatnonzero(np.bincount(lids, minlength=index.nlist)).tolist())
     nb = near.shape[1]
     tops = np.full((nq, nb, kk), np.inf, dtype=np.float32)
 

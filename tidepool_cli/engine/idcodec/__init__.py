@@ -18,7 +18,8 @@ Every codec takes the IDs in any order, returns them sorted as uint32, stores ne
 ``n`` nor ``N`` (the caller does) and checks what it decodes: exactly ``n`` strictly
 increasing IDs below ``N``, else :class:`~tidepool_cli.errors.CorruptIndexError`.
 :func:`encode_lists` / :func:`decode_list` add a CRC32 per list so that a flipped byte is
-reported as corruption instead of decoding to other IDs. Byte formats and measured sizes
+reported as corruption instead of decoding to other IDs; :func:`decode_lists` decodes the
+many short lists of a query batch in one call. Byte formats and measured sizes
 and speeds: docs/IDCODEC.md.
 """
 
@@ -51,6 +52,7 @@ __all__ = [
     "RawCodec",
     "RocCodec",
     "decode_list",
+    "decode_lists",
     "elias_fano_access",
     "encode_lists",
     "get_codec",
@@ -198,24 +200,79 @@ def decode_list(
         If the offsets are inconsistent with the blob, the CRC32 does not match, or the
         payload fails the codec's own checks; the message names the list.
     """
+    return decode_lists(codec_name, blob, offsets, crcs, [list_id], [n], universe)[0]
+
+
+def decode_lists(
+    codec_name: str,
+    blob: bytes | memoryview | np.ndarray,
+    offsets: np.ndarray,
+    crcs: np.ndarray,
+    list_ids: Sequence[int],
+    ns: Sequence[int],
+    universe: int,
+) -> list[np.ndarray]:
+    """Decode several posting lists from a blob written by :func:`encode_lists`.
+
+    The same checks as :func:`decode_list` for every list; a codec with a
+    ``decode_many`` method (``ans``) decodes them in one call, which spares the NumPy
+    overhead per list that dominates short lists.
+
+    Parameters
+    ----------
+    codec_name : str
+    blob : bytes, memoryview or (nbytes,) uint8
+    offsets : (L + 1,) uint64
+    crcs : (L,) uint32
+    list_ids : sequence of m int
+        Which lists, each in ``[0, L)``.
+    ns : sequence of m int
+        Number of IDs in each.
+    universe : int
+
+    Returns
+    -------
+    list of m (n_i,) uint32 arrays
+        Each list's IDs, strictly increasing.
+
+    Raises
+    ------
+    InvalidInputError
+        For an unknown codec, a list id outside ``[0, L)`` or a bad ``n``/``universe``.
+    CorruptIndexError
+        If the offsets are inconsistent with the blob, a CRC32 does not match, or a
+        payload fails the codec's own checks; the message names the list.
+    """
     codec = get_codec(codec_name)
     offsets = np.asarray(offsets)
     crcs = np.asarray(crcs)
     if offsets.ndim != 1 or crcs.ndim != 1 or offsets.size != crcs.size + 1:
         raise CorruptIndexError(f"posting list offsets ({offsets.shape}) and CRCs ({crcs.shape}) disagree")
-    if isinstance(list_id, bool) or not isinstance(list_id, (int, np.integer)) or not 0 <= list_id < crcs.size:
-        raise InvalidInputError(f"list_id must be an integer in [0, {crcs.size}), got {list_id!r}")
     buf = payload_view(blob)
-    start, stop = int(offsets[list_id]), int(offsets[list_id + 1])
-    if not 0 <= start <= stop <= buf.size:
-        raise CorruptIndexError(f"posting list {list_id}: offsets [{start}, {stop}) outside the {buf.size}-byte blob")
-    payload = buf[start:stop]
-    crc = zlib.crc32(payload)
-    if crc != int(crcs[list_id]):
-        raise CorruptIndexError(
-            f"posting list {list_id}: CRC32 mismatch (stored {int(crcs[list_id]):#010x}, computed {crc:#010x})"
-        )
-    try:
-        return codec.decode(payload, n, universe)
-    except CorruptIndexError as exc:
-        raise CorruptIndexError(f"posting list {list_id}: {exc}") from exc
+    bounds = offsets.tolist()
+    stored = crcs.tolist()
+    payloads = []
+    for list_id in list_ids:
+        if isinstance(list_id, bool) or not isinstance(list_id, (int, np.integer)) or not 0 <= list_id < len(stored):
+            raise InvalidInputError(f"list_id must be an integer in [0, {len(stored)}), got {list_id!r}")
+        start, stop = bounds[list_id], bounds[list_id + 1]
+        if not 0 <= start <= stop <= buf.size:
+            raise CorruptIndexError(f"posting list {list_id}: offsets [{start}, {stop}) outside the {buf.size}-byte blob")
+        payload = buf[start:stop]
+        crc = zlib.crc32(payload)
+        if crc != stored[list_id]:
+            raise CorruptIndexError(f"posting list {list_id}: CRC32 mismatch (stored {stored[list_id]:#010x}, computed {crc:#010x})")
+        payloads.append(payload)
+    many = getattr(codec, "decode_many", None)
+    if many is not None and len(payloads) > 1:
+        try:
+            return many(payloads, ns, universe)
+        except CorruptIndexError:
+            pass  # decoded one by one below, so the error names its list
+    out = []
+    for list_id, payload, n in zip(list_ids, payloads, ns):
+        try:
+            out.append(codec.decode(payload, n, universe))
+        except CorruptIndexError as exc:
+            raise CorruptIndexError(f"posting list {list_id}: {exc}") from exc
+    return out

@@ -40,13 +40,13 @@ perspective", arXiv:2201.01741 (constriction).
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 
 import constriction
 import numpy as np
 
 from tidepool_cli.engine.idcodec._common import (
     check_count,
-    check_decoded,
     check_universe,
     int_to_words,
     new_coder,
@@ -190,53 +190,126 @@ class AnsCodec:
             If the payload is not canonical, leaves words unread, or decodes to an invalid
             set.
         """
+        return self.decode_many([payload], [n], universe)[0]
+
+    def decode_many(
+        self, payloads: Sequence[bytes | memoryview | np.ndarray], ns: Sequence[int], universe: int
+    ) -> list[np.ndarray]:
+        """Recover several sets at once: :meth:`decode` for each, one pass of NumPy for all.
+
+        A posting-list scan decodes hundreds of short lists per batch. Each list still
+        costs its constriction calls, but assembling gaps from their parts, turning gaps
+        into IDs and checking them run once over all the lists.
+
+        Parameters
+        ----------
+        payloads : sequence of L payloads (bytes, memoryview or (nbytes,) uint8)
+        ns : sequence of L int
+            Set sizes.
+        universe : int
+
+        Returns
+        -------
+        list of L (n_i,) uint32 arrays, each strictly increasing
+
+        Raises
+        ------
+        InvalidInputError
+            If an ``n`` or ``universe`` is out of range.
+        CorruptIndexError
+            As :meth:`decode`, for the first payload that fails.
+        """
         universe = check_universe(universe)
-        n = check_count(n, universe)
-        buf = payload_view(payload)
-        if n in (0, universe):
-            if buf.size:
-                raise CorruptIndexError(f"ans payload for {n} of {universe} IDs must be empty")
-            return np.arange(n, dtype=np.uint32)
-        b, level = ans_params(n, universe)
-        model, k = _high_model(level)
-        coder = new_coder(payload_to_words(buf, "ans"))
+        ns = [check_count(n, universe) for n in ns]
+        parts = [_decode_parts(payload_view(p), n, universe) for p, n in zip(payloads, ns)]
+        counts = np.asarray(ns, dtype=np.int64)
+        ends = np.cumsum(counts)
+        starts = ends - counts
+        total = int(ends[-1]) if counts.size else 0
+        bits = np.array([b for _, _, _, _, b in parts], dtype=np.int64)
+        n_seed = np.array([k for _, _, _, k, _ in parts], dtype=np.int64)
+        seeds = np.array([sd for _, _, sd, _, _ in parts], dtype=np.uint64)
 
-        # The number of escapes is not stored: decode n symbols, then as many more as
-        # there were escapes among the last ones, until a batch has none. Each escape
-        # stands for (k - 1) << b of gap and the gaps sum to at most N - n, which bounds
-        # the work a corrupt payload can ask for.
-        max_escapes = (universe - n) // ((k - 1) << b)
-        batch = coder.decode(model, n)
-        parts = [batch]
-        pending = total = int(np.count_nonzero(batch == k - 1))
-        while pending:
-            if total > max_escapes:
-                raise CorruptIndexError("ans payload decodes to gaps beyond the universe")
-            batch = coder.decode(model, pending)
-            parts.append(batch)
-            pending = int(np.count_nonzero(batch == k - 1))
-            total += pending
-        symbols = np.concatenate(parts) if len(parts) > 1 else batch
+        # gap = (high << b) | low; the low bits of a set's last n_seed gaps come from its
+        # seed word, those of the others from the coded stream.
+        gaps = np.concatenate([h for h, _, _, _, _ in parts]).astype(np.int64) if total else np.zeros(0, np.int64)
+        gaps <<= np.repeat(bits, counts)
+        rank = np.arange(total, dtype=np.int64) - np.repeat(starts, counts)
+        from_seed = rank >= np.repeat(counts - n_seed, counts)
+        lows = [lo for _, lo, _, _, _ in parts if lo is not None]
+        if lows:
+            gaps[~from_seed & np.repeat(bits > 0, counts)] |= np.concatenate(lows)
+        if from_seed.any():
+            which = np.repeat(np.arange(counts.size), counts)[from_seed]
+            shift = ((rank[from_seed] - (counts - n_seed)[which]) * bits[which]).astype(np.uint64)
+            mask = (np.uint64(1) << bits[which].astype(np.uint64)) - np.uint64(1)
+            gaps[from_seed] |= ((seeds[which] >> shift) & mask).astype(np.int64)
 
-        if total:
-            terminals = np.flatnonzero(symbols != k - 1)
-            gaps = (np.diff(terminals, prepend=-1) - 1) * (k - 1) + symbols[terminals]
-        else:  # the usual case: escapes have probability <= 2**-23 unless b hit its cap
-            gaps = symbols.astype(np.int64)
-        if b:
-            gaps <<= b
-            n_seed = min(n, -(-_SEED_BITS // b))
-            if n > n_seed:
-                gaps[: n - n_seed] |= coder.decode(uniform_model(1 << b), n - n_seed)
-            seed = words_to_int(coder.get_compressed())
-            if seed >> (n_seed * b):
-                raise CorruptIndexError("ans payload has words left over after decoding")
-            mask = (1 << b) - 1
-            gaps[n - n_seed :] |= [(seed >> (i * b)) & mask for i in range(n_seed)]
-        elif not coder.is_empty():
-            raise CorruptIndexError("ans payload has words left over after decoding")
-        # ids = cumsum(gaps + 1) - 1, in place.
+        # IDs are cumsum(gap + 1) - 1 within each set. Gaps are >= 0, so every set is
+        # strictly increasing and only its last ID can leave the universe.
         gaps += 1
         np.cumsum(gaps, out=gaps)
-        gaps -= 1
-        return check_decoded(gaps, n, universe, "ans")
+        before = np.where(starts > 0, gaps[np.maximum(starts - 1, 0)] if total else 0, 0)
+        gaps -= np.repeat(before + 1, counts)
+        last = ends[counts > 0] - 1
+        if last.size and int(gaps[last].max()) >= universe:
+            raise CorruptIndexError(f"ans payload decoded to IDs outside [0, {universe})")
+        return np.split(gaps.astype(np.uint32), ends[:-1])
+
+
+def _decode_parts(buf: np.ndarray, n: int, universe: int) -> tuple[np.ndarray, np.ndarray | None, int, int, int]:
+    """The coded parts of one payload of ``n`` IDs (see :meth:`AnsCodec.decode`).
+
+    Returns
+    -------
+    high : (n,) integer array
+        ``gap >> b`` per gap.
+    low : (n - n_seed,) int32 or None
+        The low bits of the first ``n - n_seed`` gaps (None when ``b = 0``).
+    seed : int
+        The low bits of the last ``n_seed`` gaps, ``b`` bits each, the last gap lowest.
+    n_seed : int
+    b : int
+
+    Raises
+    ------
+    CorruptIndexError
+        If the payload is not canonical, decodes past the universe or leaves words unread.
+    """
+    if n in (0, universe):
+        if buf.size:
+            raise CorruptIndexError(f"ans payload for {n} of {universe} IDs must be empty")
+        return np.zeros(n, np.int64), None, 0, 0, 0
+    b, level = ans_params(n, universe)
+    model, k = _high_model(level)
+    coder = new_coder(payload_to_words(buf, "ans"))
+
+    # The number of escapes is not stored: decode n symbols, then as many more as
+    # there were escapes among the last ones, until a batch has none. Each escape
+    # stands for (k - 1) << b of gap and the gaps sum to at most N - n, which bounds
+    # the work a corrupt payload can ask for.
+    max_escapes = (universe - n) // ((k - 1) << b)
+    high = batch = coder.decode(model, n)
+    parts = [batch]
+    pending = total = int(np.count_nonzero(batch == k - 1))
+    while pending:
+        if total > max_escapes:
+            raise CorruptIndexError("ans payload decodes to gaps beyond the universe")
+        batch = coder.decode(model, pending)
+        parts.append(batch)
+        pending = int(np.count_nonzero(batch == k - 1))
+        total += pending
+    if total:  # escapes have probability <= 2**-23 unless b hit its cap
+        symbols = np.concatenate(parts)
+        terminals = np.flatnonzero(symbols != k - 1)
+        high = (np.diff(terminals, prepend=-1) - 1) * (k - 1) + symbols[terminals]
+    if not b:
+        if not coder.is_empty():
+            raise CorruptIndexError("ans payload has words left over after decoding")
+        return high, None, 0, 0, 0
+    n_seed = min(n, -(-_SEED_BITS // b))
+    low = coder.decode(uniform_model(1 << b), n - n_seed) if n > n_seed else np.zeros(0, np.int32)
+    seed = words_to_int(coder.get_compressed())
+    if seed >> (n_seed * b):
+        raise CorruptIndexError("ans payload has words left over after decoding")
+    return high, low, seed, n_seed, b
