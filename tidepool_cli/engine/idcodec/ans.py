@@ -190,7 +190,21 @@ class AnsCodec:
             If the payload is not canonical, leaves words unread, or decodes to an invalid
             set.
         """
-        return self.decode_many([payload], [n], universe)[0]
+        universe = check_universe(universe)
+        n = check_count(n, universe)
+        high, low, seed, n_seed, b = _decode_parts(payload_view(payload), n, universe)
+        # decode_many's assembly, for one list without the batch bookkeeping.
+        ids = high.astype(np.int64)
+        if b:
+            ids <<= b
+            ids[: n - n_seed] |= low
+            ids[n - n_seed :] |= [(seed >> (i * b)) & ((1 << b) - 1) for i in range(n_seed)]
+        ids += 1
+        np.cumsum(ids, out=ids)
+        ids -= 1
+        if n and ids[-1] >= universe:
+            raise CorruptIndexError(f"ans payload decoded to IDs outside [0, {universe})")
+        return ids.astype(np.uint32)
 
     def decode_many(
         self, payloads: Sequence[bytes | memoryview | np.ndarray], ns: Sequence[int], universe: int
