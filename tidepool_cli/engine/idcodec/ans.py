@@ -281,7 +281,8 @@ def _decode_parts(buf: np.ndarray, n: int, universe: int) -> tuple[np.ndarray, n
     low : (n - n_seed,) int32 or None
         The low bits of the first ``n - n_seed`` gaps (None when ``b = 0``).
     seed : int
-        The low bits of the last ``n_seed`` gaps, ``b`` bits each, the last gap lowest.
+        The low bits of the last ``n_seed`` gaps: gap ``n - n_seed + i`` in bits
+        ``[i b, (i + 1) b)``.
     n_seed : int
     b : int
 
