@@ -316,6 +316,8 @@ def test_decode_lists_equals_decoding_one_by_one(name, universe):
         assert got.dtype == np.uint32
         np.testing.assert_array_equal(got, np.sort(lists[i]))
     assert decode_lists(name, blob, offsets, crcs, [], [], universe) == []
+    with pytest.raises(InvalidInputError, match="sizes"):
+        decode_lists(name, blob, offsets, crcs, [0, 1], [lists[0].size], universe)
 
 
 def test_decode_lists_names_a_corrupt_list_whose_crc_matches():

@@ -238,7 +238,8 @@ def decode_lists(
     Raises
     ------
     InvalidInputError
-        For an unknown codec, a list id outside ``[0, L)`` or a bad ``n``/``universe``.
+        For an unknown codec, a list id outside ``[0, L)``, a bad ``n``/``universe``, or
+        ``list_ids`` and ``ns`` of different lengths.
     CorruptIndexError
         If the offsets are inconsistent with the blob, a CRC32 does not match, or a
         payload fails the codec's own checks; the message names the list.
@@ -248,6 +249,8 @@ def decode_lists(
     crcs = np.asarray(crcs)
     if offsets.ndim != 1 or crcs.ndim != 1 or offsets.size != crcs.size + 1:
         raise CorruptIndexError(f"posting list offsets ({offsets.shape}) and CRCs ({crcs.shape}) disagree")
+    if len(ns) != len(list_ids):
+        raise InvalidInputError(f"got {len(list_ids)} list ids but {len(ns)} sizes")
     buf = payload_view(blob)
     bounds = offsets.tolist()
     stored = crcs.tolist()
