@@ -24,7 +24,6 @@ import argparse  # noqa: E402
 import json  # noqa: E402
 import statistics  # noqa: E402
 import tempfile  # noqa: E402
-import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -37,15 +36,7 @@ from tidepool_cli.ops.ingest import ingest  # noqa: E402
 from tidepool_cli.ops.planner import SearchParams  # noqa: E402
 from tidepool_cli.ops.query import Searcher  # noqa: E402
 from tidepool_cli.ops.stats import stats  # noqa: E402
-
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-
-
-def timed(fn):
-    t = time.perf_counter()
-    out = fn()
-    return time.perf_counter() - t, out
-
+from _common import DATA, timed  # noqa: E402
 
 def run_dataset(name: str, work: Path, repeats: int) -> dict:
     d = DATA / name

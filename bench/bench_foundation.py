@@ -32,17 +32,8 @@ from tidepool_cli.ops.compact import compact  # noqa: E402
 from tidepool_cli.ops.ingest import ingest  # noqa: E402
 from tidepool_cli.ops.planner import SearchParams  # noqa: E402
 from tidepool_cli.ops.query import Searcher  # noqa: E402
+from _common import DATA, timed  # noqa: E402
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-
-
-def median_time(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
 
 
 def bench_ingest_compact(work: Path, rows: int, repeats: int) -> dict:
@@ -80,12 +71,12 @@ def _worker(kind: str, base: str, queries: str, index: str, repeats: int) -> Non
         flat = faiss.IndexFlatL2(xb.shape[1])
         flat.add(xb)
         flat.search(xq, 10)
-        t = median_time(lambda: flat.search(xq, 10), repeats)
+        t, _ = timed(lambda: flat.search(xq, 10), repeats)
         ids = flat.search(xq, 10)[1]
     else:
         searcher = Searcher(index, params=SearchParams(exact=True))
         searcher.search(xq, 10)
-        t = median_time(lambda: searcher.search(xq, 10), repeats)
+        t, _ = timed(lambda: searcher.search(xq, 10), repeats)
         ids = np.array(searcher.search(xq, 10).ids)
     print(json.dumps({"seconds": t, "ids": ids[:50].tolist()}))
 
@@ -127,7 +118,7 @@ def bench_exact_vs_faiss(work: Path, repeats: int) -> dict:
     vec = json.dumps(xq[0].tolist())
     cmd = [sys.executable, "-m", "tidepool_cli", "query", str(idx), "--vector", vec, "-k", "10"]
     subprocess.run(cmd, capture_output=True, check=True)  # warm the page cache
-    out["cli_single_query_seconds"] = median_time(lambda: subprocess.run(cmd, capture_output=True, check=True), max(7, repeats))
+    out["cli_single_query_seconds"], _ = timed(lambda: subprocess.run(cmd, capture_output=True, check=True), max(7, repeats))
     return out
 
 

@@ -49,9 +49,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tidepool_cli.engine import hnsw  # noqa: E402
-from tidepool_cli.engine.distances import normalize_rows, prepare_queries, sqnorms  # noqa: E402
+from tidepool_cli.engine.distances import sqnorms  # noqa: E402
 from tidepool_cli.engine.recall import recall_at_k  # noqa: E402
 from tidepool_cli.engine.topk import knn  # noqa: E402
+from _common import DATA, timed  # noqa: E402
+from _common import load as load_dataset  # noqa: E402
 
 try:
     import hnswlib
@@ -64,7 +66,6 @@ try:
 except ImportError:
     faiss = None
 
-DATA = ROOT.parent / "shared" / "data"
 RESULTS = ROOT / "bench" / "results"
 THREADS = 2
 K = 10
@@ -76,17 +77,7 @@ BAR = 0.95
 
 def load(name: str):
     """(base, queries, gt ids, gt distances, metric) with float32 C-contiguous arrays."""
-    if name == "synth-100k":
-        return synthetic(100_000, 128, 1000)
-    d = DATA / name
-    xb = np.load(d / "base.npy").astype(np.float32)
-    xq = np.load(d / "queries.npy").astype(np.float32)
-    gt, gtd = np.load(d / "gt.npy"), np.load(d / "gt_dist.npy")
-    metric = "l2"
-    if "angular" in name:
-        # Angular sets: unit rows and the cosine metric (1 - cos, as gt_dist).
-        xb, metric = normalize_rows(xb), "cosine"
-    return np.ascontiguousarray(xb), prepare_queries(xq, metric), gt, gtd, metric
+    return synthetic(100_000, 128, 1000) if name == "synth-100k" else load_dataset(name)
 
 
 def synthetic(n: int, d: int, nq: int, seed: int = 0, centers: int = 1000):
@@ -98,16 +89,6 @@ def synthetic(n: int, d: int, nq: int, seed: int = 0, centers: int = 1000):
     xb, xq = np.ascontiguousarray(x[:n]), np.ascontiguousarray(x[n:])
     D, I = knn(xq, xb, 100, "l2")
     return xb, xq, I, D, "l2"
-
-
-def timed(fn, repeats: int):
-    """(median seconds, last result) of ``repeats`` calls."""
-    times, out = [], None
-    for _ in range(repeats):
-        t = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t)
-    return float(np.median(times)), out
 
 
 def best_at_bar(points):

@@ -29,9 +29,7 @@ for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 import argparse  # noqa: E402
 import json  # noqa: E402
 import platform  # noqa: E402
-import statistics  # noqa: E402
 import sys  # noqa: E402
-import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -47,6 +45,7 @@ from tidepool_cli.engine.idcodec import (  # noqa: E402
     get_codec,
     set_bound_bits,
 )
+from _common import timed  # noqa: E402
 
 
 def uniform_lists(universe: int, nlist: int, seed: int) -> list[np.ndarray]:
@@ -66,15 +65,6 @@ def clustered_lists(universe: int, nlist: int, seed: int, stay: float = 0.7) -> 
     assign = fresh[np.maximum.accumulate(np.where(redraw, np.arange(universe), 0))]
     order = np.argsort(assign, kind="stable")
     return np.split(order, np.cumsum(np.bincount(assign, minlength=nlist))[:-1])
-
-
-def median_seconds(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
 
 
 def bench_workload(name: str, universe: int, lists: list[np.ndarray], repeats: int) -> dict:
@@ -98,11 +88,11 @@ def bench_workload(name: str, universe: int, lists: list[np.ndarray], repeats: i
         for i, ids in enumerate(lists):  # every bench run is also a round-trip check
             if not np.array_equal(codec.decode(payloads[i], ids.size, universe), np.sort(ids)):
                 raise SystemExit(f"{codec_name} round trip failed on {name} list {i}")
-        t_enc = median_seconds(lambda: encode_lists(codec_name, lists, universe), reps)
-        t_dec = median_seconds(
+        t_enc, _ = timed(lambda: encode_lists(codec_name, lists, universe), reps)
+        t_dec, _ = timed(
             lambda: [codec.decode(p, ids.size, universe) for p, ids in zip(payloads, lists)], reps
         )
-        t_list = median_seconds(
+        t_list, _ = timed(
             lambda: [
                 decode_list(codec_name, blob, offsets, crcs, i, ids.size, universe) for i, ids in enumerate(lists)
             ],
@@ -121,7 +111,7 @@ def bench_workload(name: str, universe: int, lists: list[np.ndarray], repeats: i
         }
         if codec_name == "elias-fano":
             positions = [np.random.default_rng(i).integers(0, max(ids.size, 1), 64) for i, ids in enumerate(lists)]
-            t_acc = median_seconds(
+            t_acc, _ = timed(
                 lambda: [
                     elias_fano_access(p, ids.size, universe, pos)
                     for p, ids, pos in zip(payloads, lists, positions)

@@ -43,9 +43,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tidepool_cli.engine import idcodec, ivf  # noqa: E402
-from tidepool_cli.engine.distances import normalize_rows, sqnorms  # noqa: E402
+from tidepool_cli.engine.distances import sqnorms  # noqa: E402
 from tidepool_cli.engine.recall import recall_at_k  # noqa: E402
 from tidepool_cli.engine.topk import knn  # noqa: E402
+from _common import load, timed  # noqa: E402
 
 try:
     import faiss
@@ -54,20 +55,9 @@ try:
 except ImportError:  # faiss is optional: tidepool numbers are still written
     faiss = None
 
-DATA = ROOT.parent / "shared" / "data"
 STAGES = ("_probe", "bound_pass", "scan_pass", "_merge", "_rerank", "decode_list", "_product", "_keep", "get")
 RESULTS = ROOT / "bench" / "results"
 K = 10
-
-
-def timed(fn, repeats):
-    """(median seconds, last result) of ``repeats`` calls."""
-    times, out = [], None
-    for _ in range(repeats):
-        t = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t)
-    return float(np.median(times)), out
 
 
 def interleaved(fns, repeats, pause=0.3):
@@ -87,17 +77,6 @@ def interleaved(fns, repeats, pause=0.3):
             out[n] = fns[n]()
             times[n].append(time.perf_counter() - t)
     return {n: float(np.median(v)) for n, v in times.items()}, out
-
-
-def load(name):
-    d = DATA / name
-    xb = np.load(d / "base.npy").astype(np.float32)
-    xq = np.load(d / "queries.npy").astype(np.float32)
-    gt, gt_dist = np.load(d / "gt.npy"), np.load(d / "gt_dist.npy")
-    metric = json.loads((d / "meta.json").read_text())["metric"]
-    if metric == "angular":
-        return normalize_rows(xb), normalize_rows(xq), gt, gt_dist, "cosine"
-    return xb, xq, gt, gt_dist, "l2"
 
 
 def synthetic(n, d=128, nq=1000, centers=1000, seed=0):
