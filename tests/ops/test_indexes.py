@@ -22,6 +22,15 @@ from tidepool_cli.storage.container import open_container
 from tidepool_cli.storage.sidecars import write_hnsw
 
 
+def compacted_index(tmp_path, xb, metric="l2"):
+    """An index holding ``xb`` (ids = positions) as one compacted segment."""
+    np.save(tmp_path / "base.npy", xb)
+    idx = tmp_path / "idx"
+    ingest(idx, tmp_path / "base.npy", metric=metric)
+    compact(idx)
+    return idx
+
+
 @pytest.fixture(scope="module")
 def sift_index(tmp_path_factory, siftsmall):
     """siftsmall with an attribute ``bucket = row % 200``, compacted, with HNSW and IVF sidecars."""
@@ -67,10 +76,7 @@ def test_filtered_queries_keep_recall_and_never_return_fewer_than_k(sift_index, 
 
 def test_deletes_keep_the_graph_and_are_never_returned(tmp_path, siftsmall):
     xb, xq, gt, _ = siftsmall
-    np.save(tmp_path / "b.npy", xb)
-    idx = tmp_path / "idx"
-    ingest(idx, tmp_path / "b.npy")
-    compact(idx)
+    idx = compacted_index(tmp_path, xb)
     build_hnsw(idx, min_rows=0)
     gone = np.unique(gt[:, :3])
     delete(idx, [str(i) for i in gone])
@@ -109,10 +115,7 @@ def test_merged_segments_lose_their_graphs_and_stay_correct(tmp_path):
 
 def test_damaged_graph_falls_back_to_exact_with_a_warning(tmp_path, siftsmall):
     xb, xq, gt, _ = siftsmall
-    np.save(tmp_path / "b.npy", xb)
-    idx = tmp_path / "idx"
-    ingest(idx, tmp_path / "b.npy")
-    compact(idx)
+    idx = compacted_index(tmp_path, xb)
     build_hnsw(idx, min_rows=0)
     hnsw_file = next((idx / "segments").glob("*.hnsw"))
     layer0 = open_container(hnsw_file, "g", b"HNSW", 1).sections["layer0"]
@@ -155,10 +158,7 @@ def test_calibrated_defaults_meet_recall_on_a_set_where_fixed_defaults_miss(tmp_
     xb, xq, _, _ = glove
     xb, xq = xb[:30_000], xq[:500]
     _, truth = knn(normalize_rows(xq), normalize_rows(xb), 10, "cosine")
-    np.save(tmp_path / "base.npy", xb)
-    idx = tmp_path / "idx"
-    ingest(idx, tmp_path / "base.npy", metric="cosine")
-    compact(idx)
+    idx = compacted_index(tmp_path, xb, metric="cosine")
 
     build_ivf(idx, min_rows=0)
     nprobe = stats(idx).segments[0].indexes["ivf"]["nprobe"]
