@@ -1,0 +1,207 @@
+"""The cascade: codes -> (optional f16) -> exact f32 distances for the rows the bounds cannot exclude.
+
+For every query the codes of all rows are scored block by block (matrix work, see each
+codec) into an estimate ``est`` and an error bound ``err``. While scanning, the k-th
+smallest *upper* bound ``est + err`` seen so far is a distance that at least k rows are
+known (with the codec's confidence) not to exceed; a row whose *lower* bound
+``est - err`` is above it cannot be in the top k. Only the rows that survive the final
+cut get an exact distance, and the top k are taken among those by (exact distance, id),
+so ties break by id and every returned distance is exact. Every bound already includes
+a float32 rounding allowance, so a row within rounding of the cut is kept whatever BLAS
+computed its estimate.
+
+With a half-precision copy of the vectors, the survivors first get an f16 distance with
+the rigorous bound of :func:`tidepool_cli.engine.quantize.f16.pair_distances`, and the
+same cut is applied again before any f32 row is read: the f16 copy is half the bytes to
+read, and its bound is tight enough that few rows pass it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from tidepool_cli.engine.distances import exact_distances, prepare_queries
+from tidepool_cli.engine.quantize._common import Quantizer
+from tidepool_cli.engine.quantize.f16 import pair_distances
+
+BLOCK_ROWS = 16384
+"""Code rows scored per block."""
+
+QUERY_BATCH = 256
+"""Queries per batch: bounds each (QUERY_BATCH, BLOCK_ROWS) float32 score block to 16 MiB."""
+
+PAIR_CHUNK = 32768
+"""(query, row) pairs whose f16 or f32 distances are computed at once."""
+
+
+@dataclass(frozen=True)
+class CascadeResult:
+    """Top-k of a cascade search and what it cost.
+
+    Attributes
+    ----------
+    distances : (nq, k) float32
+        Exact distances, ascending; +inf padding.
+    ids : (nq, k) int64
+        Ids of the rows (``ids`` argument, default positions); -1 padding.
+    scored : int
+        (query, row) code estimates computed.
+    f16_pairs : int
+        Pairs that got an f16 distance (0 without the f16 stage).
+    f32_pairs : int
+        Pairs that got an exact f32 distance.
+    f32_rows : int
+        Distinct rows read from the f32 vectors.
+    """
+
+    distances: np.ndarray
+    ids: np.ndarray
+    scored: int
+    f16_pairs: int
+    f32_pairs: int
+    f32_rows: int
+
+    @property
+    def f32_fraction(self) -> float:
+        """Fraction of scored (query, row) pairs that needed an exact f32 distance."""
+        return self.f32_pairs / self.scored if self.scored else 0.0
+
+
+def cascade_search(
+    xq: np.ndarray,
+    k: int,
+    quantizer: Quantizer,
+    codes: np.ndarray,
+    factors: np.ndarray,
+    vectors: np.ndarray | Callable[[np.ndarray], np.ndarray],
+    *,
+    ids: np.ndarray | None = None,
+    allowed: np.ndarray | None = None,
+    vectors16: np.ndarray | None = None,
+) -> CascadeResult:
+    """k nearest rows per query through codes, an optional f16 stage and exact rerank.
+
+    Parameters
+    ----------
+    xq : (nq, d) float
+        Raw queries; prepared here for ``quantizer.metric`` (unit rows for cosine).
+    k : int
+    quantizer : Quantizer
+        The codec that produced ``codes`` and ``factors``.
+    codes : (n, quantizer.code_bytes) uint8
+    factors : (n, 3) float32
+    vectors : (n, d) float32 array (a read-only memmap is fine) or callable
+        The exact vectors (unit rows for cosine). A callable takes sorted unique row
+        positions (int64) and returns their (len, d) float32 rows.
+    ids : (n,) int64, optional
+        Row ids, used to break ties and returned; default the row positions.
+    allowed : (n,) bool, optional
+        Rows that may be returned (deletion vector, filter).
+    vectors16 : (n, d) float16, optional
+        Half-precision copy of ``vectors`` for the f16 stage.
+
+    Returns
+    -------
+    CascadeResult
+    """
+    xq = prepare_queries(xq, quantizer.metric)
+    nq, n = xq.shape[0], codes.shape[0]
+    D = np.full((nq, max(k, 0)), np.inf, dtype=np.float32)
+    I = np.full((nq, max(k, 0)), -1, dtype=np.int64)
+    if nq == 0 or n == 0 or k <= 0:
+        return CascadeResult(D, I, 0, 0, 0, 0)
+    row_ids = np.arange(n, dtype=np.int64) if ids is None else np.asarray(ids, dtype=np.int64)
+    allowed = None if allowed is None else np.asarray(allowed, dtype=bool)
+    n_allowed = n if allowed is None else int(np.count_nonzero(allowed))
+    totals = np.zeros(3, dtype=np.int64)
+    rows_read = []
+    for qs in range(0, nq, QUERY_BATCH):
+        qb = xq[qs : qs + QUERY_BATCH]
+        qi, ri, lo = _code_stage(qb, k, quantizer, codes, factors, allowed)
+        if vectors16 is not None:
+            totals[0] += qi.size
+            qi, ri = _f16_stage(qb, k, quantizer.metric, qi, ri, lo, vectors16)
+        totals[1] += qi.size
+        rows = np.unique(ri)
+        rows_read.append(rows)
+        dist = _exact_pairs(qb, qi, ri, rows, vectors, quantizer.metric)
+        _top_k(qi, dist, row_ids[ri], k, D[qs : qs + QUERY_BATCH], I[qs : qs + QUERY_BATCH])
+    f32_rows = int(np.unique(np.concatenate(rows_read)).size)
+    return CascadeResult(D, I, nq * n_allowed, int(totals[0]), int(totals[1]), f32_rows)
+
+
+def _code_stage(qb, k, quantizer, codes, factors, allowed):
+    """Pairs (query, row, lower bound) whose lower bound is within the k-th best upper bound."""
+    nqb = qb.shape[0]
+    state = quantizer.prepare(qb)
+    best_up = np.full((nqb, k), np.inf, dtype=np.float32)
+    parts = []
+    for s in range(0, codes.shape[0], BLOCK_ROWS):
+        est, err = quantizer.score(state, codes[s : s + BLOCK_ROWS], factors[s : s + BLOCK_ROWS])
+        lo = est - err
+        up = est + err
+        if allowed is not None:
+            mask = ~allowed[s : s + BLOCK_ROWS]
+            lo[:, mask] = np.inf
+            up[:, mask] = np.inf
+        cand = up if up.shape[1] <= k else np.partition(up, k - 1, axis=1)[:, :k]
+        best_up = np.partition(np.concatenate([best_up, cand], axis=1), k - 1, axis=1)[:, :k]
+        tau = best_up[:, k - 1]
+        q, r = np.nonzero((lo <= tau[:, None]) & np.isfinite(lo))
+        parts.append((q, r + s, lo[q, r]))
+    tau = best_up[:, k - 1]
+    qi = np.concatenate([p[0] for p in parts])
+    ri = np.concatenate([p[1] for p in parts]).astype(np.int64)
+    lo = np.concatenate([p[2] for p in parts])
+    keep = lo <= tau[qi]
+    return qi[keep], ri[keep], lo[keep]
+
+
+def _f16_stage(qb, k, metric, qi, ri, lo, vectors16):
+    """Survivors of the f16 bound: the same cut as the code stage, on f16 distances."""
+    est = np.empty(qi.size, dtype=np.float32)
+    err = np.empty(qi.size, dtype=np.float32)
+    for s in range(0, qi.size, PAIR_CHUNK):
+        sl = slice(s, s + PAIR_CHUNK)
+        est[sl], err[sl] = pair_distances(qb[qi[sl]], np.asarray(vectors16[ri[sl]]), metric)
+    tau = _kth_per_query(qi, est + err, k, qb.shape[0])
+    keep = np.maximum(est - err, lo) <= tau[qi]
+    return qi[keep], ri[keep]
+
+
+def _kth_per_query(qi: np.ndarray, vals: np.ndarray, k: int, nq: int) -> np.ndarray:
+    """(nq,) k-th smallest of ``vals`` within each query's pairs; +inf if a query has fewer than k."""
+    order = np.lexsort((vals, qi))
+    qs, vs = qi[order], vals[order]
+    start = np.searchsorted(qs, np.arange(nq))
+    count = np.bincount(qi, minlength=nq)
+    out = np.full(nq, np.inf, dtype=np.float32)
+    has = count >= k
+    out[has] = vs[start[has] + k - 1]
+    return out
+
+
+def _exact_pairs(qb, qi, ri, rows, vectors, metric) -> np.ndarray:
+    """Exact distance of every (query, row) pair; each distinct row is read once."""
+    block = vectors(rows) if callable(vectors) else vectors[rows]
+    block = np.asarray(block, dtype=np.float32)
+    where = np.searchsorted(rows, ri)
+    dist = np.empty(qi.size, dtype=np.float32)
+    for s in range(0, qi.size, PAIR_CHUNK):
+        sl = slice(s, s + PAIR_CHUNK)
+        dist[sl] = exact_distances(qb[qi[sl]], block[where[sl]][:, None, :], metric)[:, 0]
+    return dist
+
+
+def _top_k(qi, dist, rid, k, D_out, I_out) -> None:
+    """Write the k best pairs per query, by (distance, id), into the given output rows."""
+    order = np.lexsort((rid, dist, qi))
+    qs = qi[order]
+    start = np.searchsorted(qs, np.arange(D_out.shape[0]))
+    rank = np.arange(qs.size) - start[qs]
+    sel = rank < k
+    D_out[qs[sel], rank[sel]] = dist[order][sel]
+    I_out[qs[sel], rank[sel]] = rid[order][sel]
