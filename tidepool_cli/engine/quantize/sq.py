@@ -67,9 +67,12 @@ class ScalarQuantizer(ReconstructionQuantizer):
         levels = (1 << nbits) - 1
         best_err = np.full(xt.shape[1], np.inf)
         lo = hi = None
+        # One sort per dimension serves every candidate clip (np.quantile would sort each time).
+        xs = np.sort(xt, axis=0)
+        last = xs.shape[0] - 1
         for p in CLIP_QUANTILES:
-            clo = np.quantile(xt, p, axis=0).astype(np.float32)
-            chi = np.quantile(xt, 1.0 - p, axis=0).astype(np.float32)
+            clo = xs[int(round(p * last))]
+            chi = xs[int(round((1.0 - p) * last))]
             step = _steps(clo, chi, levels)
             xh = clo + step * np.clip(np.rint((xt - clo) / np.where(step > 0, step, 1)), 0, levels)
             err = ((xt - xh).astype(np.float64) ** 2).sum(axis=0)
