@@ -147,8 +147,7 @@ def _code_stage(qb, k, quantizer, codes, factors, allowed):
             mask = ~allowed[s : s + BLOCK_ROWS]
             lo[:, mask] = np.inf
             up[:, mask] = np.inf
-        cand = up if up.shape[1] <= k else np.partition(up, k - 1, axis=1)[:, :k]
-        best_up = np.partition(np.concatenate([best_up, cand], axis=1), k - 1, axis=1)[:, :k]
+        best_up = _merge_upper(best_up, up, k)
         tau = best_up[:, k - 1]
         q, r = np.nonzero((lo <= tau[:, None]) & np.isfinite(lo))
         parts.append((q, r + s, lo[q, r]))
@@ -158,6 +157,28 @@ def _code_stage(qb, k, quantizer, codes, factors, allowed):
     lo = np.concatenate([p[2] for p in parts])
     keep = lo <= tau[qi]
     return qi[keep], ri[keep], lo[keep]
+
+
+def _merge_upper(best_up: np.ndarray, up: np.ndarray, k: int) -> np.ndarray:
+    """The k smallest of ``best_up`` (nq, k) and a block's upper bounds ``up`` (nq, b), per row.
+
+    Once every query has k finite bounds, only values below the current k-th can enter:
+    they are few after the first block, so they are gathered and merged instead of
+    partitioning every block's full rows (which costs as much as the scoring GEMM).
+    """
+    tau = best_up[:, k - 1]
+    if not np.isfinite(tau).all():
+        cand = up if up.shape[1] <= k else np.partition(up, k - 1, axis=1)[:, :k]
+        return np.partition(np.concatenate([best_up, cand], axis=1), k - 1, axis=1)[:, :k]
+    q, c = np.nonzero(up < tau[:, None])
+    if not q.size:
+        return best_up
+    counts = np.bincount(q, minlength=up.shape[0])
+    dense = np.full((up.shape[0], k + int(counts.max())), np.inf, dtype=np.float32)
+    dense[:, :k] = best_up
+    first = np.cumsum(counts) - counts
+    dense[q, k + np.arange(q.size) - first[q]] = up[q, c]
+    return np.partition(dense, k - 1, axis=1)[:, :k]
 
 
 def _f16_stage(qb, k, metric, qi, ri, vectors16):
