@@ -9,8 +9,8 @@ bits). One global min/max would waste levels on every narrow dimension.
 
 Byte layout: SQ8 stores one uint8 per dimension (row i, column j); SQ4 packs two codes per
 byte, dimension ``2t`` in the low nibble and ``2t + 1`` in the high nibble of byte t
-(an odd d gets a zero high nibble at the end). Scoring unpacks a block of codes through a
-256-entry float32 table and multiplies it with the step-scaled queries (one GEMM).
+(an odd d gets a zero high nibble at the end). Scoring casts a block of codes (nibbles split
+first) to float32 and multiplies it with the step-scaled queries (one GEMM).
 """
 
 from __future__ import annotations
@@ -22,9 +22,6 @@ from tidepool_cli.errors import InvalidInputError
 
 CLIP_QUANTILES = (0.0, 1e-4, 1e-3, 3e-3, 1e-2, 3e-2)
 """Candidate fractions of the sample clipped off each end of a dimension's range."""
-
-_BYTE = np.arange(256, dtype=np.float32)
-_NIBBLES = np.stack([np.arange(256) & 15, np.arange(256) >> 4], axis=1).astype(np.float32)  # (256, 2)
 
 
 class ScalarQuantizer(ReconstructionQuantizer):
@@ -102,8 +99,11 @@ class ScalarQuantizer(ReconstructionQuantizer):
     def _unpack(self, codes: np.ndarray) -> np.ndarray:
         """(b, d) float32 code values of a block."""
         if self.nbits == 8:
-            return _BYTE[codes]
-        return _NIBBLES[codes].reshape(codes.shape[0], -1)[:, : self.d]
+            return codes.astype(np.float32)
+        out = np.empty((codes.shape[0], 2 * codes.shape[1]), dtype=np.uint8)
+        np.bitwise_and(codes, 15, out=out[:, 0::2])
+        np.right_shift(codes, 4, out=out[:, 1::2])
+        return out[:, : self.d].astype(np.float32)
 
     def decode_codes(self, codes: np.ndarray) -> np.ndarray:
         return self.lo + self.step * self._unpack(np.asarray(codes))
