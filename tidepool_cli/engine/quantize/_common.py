@@ -44,6 +44,10 @@ ENCODE_BLOCK = 16384
 """Rows encoded per batch: bounds the float32 temporaries of an encode to a few MiB per column."""
 
 
+N_FACTORS = 3
+"""float32 factors per vector, for every codec (12 bytes)."""
+
+
 @dataclass(frozen=True)
 class Encoded:
     """Codes and per-vector factors of a set of vectors.
@@ -101,10 +105,6 @@ class Quantizer:
     def state(self) -> tuple[dict, dict[str, np.ndarray]]:
         """(JSON-able parameters, named arrays) from which :meth:`from_state` rebuilds the codec."""
         raise NotImplementedError
-
-
-N_FACTORS = 3
-"""float32 factors per vector, for every codec (12 bytes)."""
 
 
 def check_train_input(x: np.ndarray, metric: str, min_rows: int = 1) -> np.ndarray:

@@ -120,7 +120,7 @@ def cascade_search(
     rows_read = []
     for qs in range(0, nq, QUERY_BATCH):
         qb = xq[qs : qs + QUERY_BATCH]
-        qi, ri, lo = _code_stage(qb, k, quantizer, codes, factors, allowed)
+        qi, ri = _code_stage(qb, k, quantizer, codes, factors, allowed)
         if vectors16 is not None:
             totals[0] += qi.size
             qi, ri = _f16_stage(qb, k, quantizer.metric, qi, ri, vectors16)
@@ -134,7 +134,7 @@ def cascade_search(
 
 
 def _code_stage(qb, k, quantizer, codes, factors, allowed):
-    """Pairs (query, row, lower bound) whose lower bound is within the k-th best upper bound."""
+    """Pairs (query, row) whose lower bound is within the k-th best upper bound of their query."""
     nqb = qb.shape[0]
     state = quantizer.prepare(qb)
     best_up = np.full((nqb, k), np.inf, dtype=np.float32)
@@ -156,7 +156,7 @@ def _code_stage(qb, k, quantizer, codes, factors, allowed):
     ri = np.concatenate([p[1] for p in parts]).astype(np.int64)
     lo = np.concatenate([p[2] for p in parts])
     keep = lo <= tau[qi]
-    return qi[keep], ri[keep], lo[keep]
+    return qi[keep], ri[keep]
 
 
 def _merge_upper(best_up: np.ndarray, up: np.ndarray, k: int) -> np.ndarray:
