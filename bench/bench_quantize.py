@@ -14,7 +14,7 @@ Writes bench/results/quantize.json and bench/results/quantize_recall.png
 (recall@10 versus bytes per vector and versus QPS).
 
 Usage: python bench/bench_quantize.py [--datasets siftsmall,glove-50-angular,...]
-       [--queries 1000] [--repeats 3]
+       [--queries 1000] [--repeats 3] [--codecs sq8,rabitq-nbits1,...] [--synthetic 1000000] [--no-peers]
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ sys.path.insert(0, str(ROOT))
 from tidepool_cli.engine.quantize import train_quantizer  # noqa: E402
 from tidepool_cli.engine.quantize.cascade import cascade_search  # noqa: E402
 from tidepool_cli.engine.recall import recall_at_k  # noqa: E402
+from tidepool_cli.engine.topk import knn  # noqa: E402
 from _common import load, timed  # noqa: E402
 
 try:
@@ -124,6 +125,20 @@ def faiss_peers(xb, xq, gt, gt_dist, metric, repeats):
     return out
 
 
+def synthetic(n: int, nq: int, d: int = 128, seed: int = 0):
+    """Clustered rows (1,000 Gaussian clusters of spread 1 around centres of spread 4),
+    queries from the same distribution; ground truth by the exact top-k kernel."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((1000, d)).astype(np.float32) * 4
+    xb = np.empty((n, d), dtype=np.float32)
+    for s in range(0, n, 100_000):
+        m = min(100_000, n - s)
+        xb[s : s + m] = centres[rng.integers(1000, size=m)] + rng.standard_normal((m, d)).astype(np.float32)
+    xq = centres[rng.integers(1000, size=nq)] + rng.standard_normal((nq, d)).astype(np.float32)
+    gt_dist, gt = knn(xq, xb, 100, "l2")
+    return xb, xq, gt, gt_dist, "l2"
+
+
 def plot(results, path):
     try:
         import matplotlib
@@ -152,11 +167,17 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=1000)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--codecs", default=",".join(label(c, p) for c, p in VARIANTS))
+    ap.add_argument("--synthetic", type=int, default=0, help="rows of a synthetic clustered 128-d set (0: none)")
+    ap.add_argument("--no-peers", action="store_true", help="skip the faiss peers")
     args = ap.parse_args()
     wanted = set(args.codecs.split(","))
     results = {}
-    for name in args.datasets.split(","):
-        xb, xq, gt, gt_dist, metric = load(name)
+    names = [n for n in args.datasets.split(",") if n] + ([f"synthetic-{args.synthetic}"] if args.synthetic else [])
+    for name in names:
+        if name.startswith("synthetic-"):
+            xb, xq, gt, gt_dist, metric = synthetic(args.synthetic, args.queries)
+        else:
+            xb, xq, gt, gt_dist, metric = load(name)
         xq, gt, gt_dist = xq[: args.queries], gt[: args.queries], gt_dist[: args.queries]
         rows = []
         for codec, params in VARIANTS:
@@ -164,7 +185,7 @@ def main() -> None:
                 continue
             rows.append(bench_tidepool(xb, xq, gt, gt_dist, metric, codec, params, args.repeats))
             print(name, rows[-1], flush=True)
-        for r in faiss_peers(xb, xq, gt, gt_dist, metric, args.repeats):
+        for r in [] if args.no_peers else faiss_peers(xb, xq, gt, gt_dist, metric, args.repeats):
             rows.append(r)
             print(name, r, flush=True)
         peers = {r["method"].split("+")[0].split()[1][:2]: r for r in rows if r["method"].startswith("faiss")}
