@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 
@@ -15,7 +15,7 @@ def ingest(
     index: IndexArg,
     input: Annotated[str, typer.Option("--input", "-i", help="Vectors: .npy, .fvecs, .bvecs, .jsonl, .parquet or .arrow/.feather file, or - for stdin.")],
     input_format: InputFormat = "auto",
-    metric: Annotated[str | None, typer.Option("--metric", help="l2 | cosine | dot; fixed when the index is created (default l2).")] = None,
+    metric: Annotated[Literal["l2", "cosine", "dot"] | None, typer.Option("--metric", help="l2 | cosine | dot; fixed when the index is created (default l2).")] = None,
     batch_rows: Annotated[int | None, typer.Option("--batch-rows", min=1, help="Rows per WAL record (default: ~64 MiB of vectors).")] = None,
     commit_every: Annotated[int | None, typer.Option("--commit-every", min=1, help="Commit every N rows (for endless streams); default: one atomic commit.")] = None,
     vector_column: Annotated[str | None, typer.Option("--vector-column", help="Parquet/Arrow: the vector column (default: the only list column).")] = None,
