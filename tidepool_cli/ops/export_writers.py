@@ -126,6 +126,8 @@ class JsonlWriter:
         pa, pc = self.pa, self.pc
         n, d = block.vectors.shape
         values = pc.cast(pa.array(block.vectors.reshape(-1)), pa.string())
+        if np.signbit(block.vectors[block.vectors == 0]).any():  # Arrow prints -0.0 as -0, which JSON reads as the integer 0
+            values = pc.if_else(pc.equal(values, "-0"), "-0.0", values)
         offsets = pa.array(np.arange(0, n * d + 1, d, dtype=np.int32))
         vectors = pc.binary_join(pa.ListArray.from_arrays(offsets, values), ", ")
         if block.ids.dtype.kind in "iu":
@@ -153,7 +155,7 @@ def attribute_text(pa, pc, block: RowBlock, schema: dict[str, str]):
     parts = []
     for name in sorted(block.columns):
         col = block.columns[name]
-        key = json.dumps(name, ensure_ascii=False) + ": "
+        key = ", " + json.dumps(name, ensure_ascii=False) + ": "
         present = col.present()
         if col.kind == "string":
             words = pa.array([key + json.dumps(w, ensure_ascii=False) for w in col.dictionary.tolist()], pa.string())
@@ -165,10 +167,11 @@ def attribute_text(pa, pc, block: RowBlock, schema: dict[str, str]):
                 plain = pc.invert(pc.match_substring_regex(text, "[.eE]"))
                 text = pc.if_else(plain, pc.binary_join_element_wise(text, ".0", ""), text)
             text = pc.binary_join_element_wise(key, text, "")
-        parts.append(text)
+        parts.append(pc.fill_null(text, ""))  # a missing value: no member at all
     if not parts:
         return pa.array([""] * n, pa.string())
-    return pc.binary_join_element_wise(*parts, ", ", null_handling="skip")
+    # Every member starts with ", "; drop the first one's.
+    return pc.utf8_slice_codeunits(pc.binary_join_element_wise(*parts, ""), 2)
 
 
 def _write_strings(out: BinaryIO, strings) -> None:
