@@ -109,7 +109,7 @@ def read_arrow(
 
 
 def _open(pa, fmt: str, path: Path | None, stream: BinaryIO | None, where: str):
-    """(schema, total rows or None, batches(columns) -> iterator of RecordBatch)."""
+    """(schema, total rows or None, batches(columns, rows per batch) -> iterator of RecordBatch)."""
     if fmt == "parquet":
         if path is None:
             raise InvalidInputError(f"{where}: Parquet needs a seekable file, not a pipe; save it to a file first (or send an Arrow IPC stream)")
@@ -122,8 +122,7 @@ def _open(pa, fmt: str, path: Path | None, stream: BinaryIO | None, where: str):
             is_file = f.read(6) == b"ARROW1"
         if is_file:
             reader = pa.ipc.open_file(pa.memory_map(str(path), "r"))
-            total = sum(reader.get_batch(i).num_rows for i in range(reader.num_record_batches)) if reader.num_record_batches < 4096 else None
-            return reader.schema, total, lambda cols, size: (reader.get_batch(i).select(cols) for i in range(reader.num_record_batches))
+            return reader.schema, reader.count_rows(), lambda cols, size: (reader.get_batch(i).select(cols) for i in range(reader.num_record_batches))
         stream = pa.memory_map(str(path), "r")
     reader = pa.ipc.open_stream(stream)
     return reader.schema, None, lambda cols, size: (b.select(cols) for b in reader)
