@@ -116,7 +116,9 @@ def _open(pa, fmt: str, path: Path | None, stream: BinaryIO | None, where: str):
         import pyarrow.parquet as pq
 
         pf = pq.ParquetFile(path)
-        return pf.schema_arrow, pf.metadata.num_rows, lambda cols, size: pf.iter_batches(batch_size=size, columns=cols)
+        # Batches no larger than a row group: Arrow then never stitches row groups together.
+        group = max([pf.metadata.row_group(i).num_rows for i in range(pf.num_row_groups)] + [1])
+        return pf.schema_arrow, pf.metadata.num_rows, lambda cols, size: _prefetched(pf.iter_batches(batch_size=min(size, group), columns=cols))
     if path is not None:
         with path.open("rb") as f:
             is_file = f.read(6) == b"ARROW1"
@@ -126,6 +128,46 @@ def _open(pa, fmt: str, path: Path | None, stream: BinaryIO | None, where: str):
         stream = pa.memory_map(str(path), "r")
     reader = pa.ipc.open_stream(stream)
     return reader.schema, None, lambda cols, size: (b.select(cols) for b in reader)
+
+
+def _prefetched(batches: Iterator) -> Iterator:
+    """The items of ``batches``, the next one decoded by a worker thread while the caller uses this one.
+
+    Parquet decoding releases the GIL, so reading batch i + 1 overlaps with writing batch
+    i to the WAL (checksums and file writes release it too). At most two batches are
+    decoded ahead.
+    """
+    import queue
+    import threading
+
+    q: queue.Queue = queue.Queue(maxsize=1)
+    done = object()
+    stop = threading.Event()
+
+    def work() -> None:
+        try:
+            for item in batches:
+                if stop.is_set():
+                    return
+                q.put(item)
+            q.put(done)
+        except BaseException as exc:  # handed to the consumer, raised there
+            q.put(exc)
+
+    worker = threading.Thread(target=work, daemon=True)
+    worker.start()
+    try:
+        while (item := q.get()) is not done:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while worker.is_alive():  # unblock a worker waiting on a full queue
+            try:
+                q.get_nowait()
+            except queue.Empty:
+                worker.join(0.01)
 
 
 def _pick_columns(pa, schema, vector_column: str | None, id_column: str | None, where: str) -> tuple[str, str | None]:
@@ -200,25 +242,37 @@ def _batches(pa, source, step, total, vcol, icol, attrs, where) -> Iterator:
 
 
 def _rebatch(pa, batches, step) -> Iterator:
-    """Record batches of exactly ``step()`` rows (the last one shorter) from batches of any size."""
-    buf, have = [], 0
+    """Record batches of at most ``step()`` rows from batches of any size.
+
+    A batch of at least half that size is passed on as it is (sliced if larger): no copy.
+    Smaller ones (an IPC stream written a few rows at a time) are merged, so that a WAL
+    record is not a handful of rows.
+    """
+    buf: list = []
+    have = 0
+
+    def merged():
+        return buf[0] if len(buf) == 1 else pa.Table.from_batches(buf).combine_chunks().to_batches()[0]
+
     for rb in batches:
         if rb.num_rows == 0:
             continue
+        size = step() or rb.num_rows
+        if rb.num_rows >= size // 2:
+            if buf:
+                yield merged()
+                buf, have = [], 0
+            for s in range(0, rb.num_rows, size):
+                yield rb.slice(s, size)
+            continue
         buf.append(rb)
         have += rb.num_rows
-        size = step() or have
-        if have < size:
-            continue
-        merged = pa.Table.from_batches(buf).combine_chunks().to_batches()[0] if len(buf) > 1 else buf[0]
-        s = 0
-        while have - s >= size:
-            yield merged.slice(s, size)
-            s += size
-            size = step() or size
-        buf, have = ([merged.slice(s)], have - s) if have > s else ([], 0)
+        if have >= size:
+            m = merged()
+            yield m.slice(0, size)
+            buf, have = ([m.slice(size)], have - size) if have > size else ([], 0)
     if buf:
-        yield pa.Table.from_batches(buf).combine_chunks().to_batches()[0] if len(buf) > 1 else buf[0]
+        yield merged()
 
 
 def _vectors(pa, arr, first_row: int, where: str) -> np.ndarray:

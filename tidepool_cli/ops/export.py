@@ -83,7 +83,7 @@ def export(
         ``<stem>.attributes.jsonl`` (one object per row); ``parquet``: columns ``id``,
         ``vector`` (fixed-size list of float32) and one per attribute (needs pyarrow).
     block_rows : int, optional
-        Rows of a segment visited per block (default: 8 MiB of vectors).
+        Rows of a segment visited per block (default: 4 MiB of vectors).
     progress : Progress
         Told the rows written, out of the total to write.
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -25,6 +26,8 @@ from tidepool_cli.storage.atomic import publish_file, storage_error, tmp_path
 from tidepool_cli.storage.layout import IndexSettings
 
 FORMATS = ("jsonl", "npy", "parquet")
+_TEXT_VALUES = 1 << 18
+"""float32 values formatted as text per Arrow call (bounds the temporary strings to a few MB)."""
 
 
 def _pyarrow():
@@ -113,6 +116,7 @@ class JsonlWriter:
         self.out: BinaryIO = self.outputs.files[0] if self.outputs else output
         self.schema = schema
         self.pa, self.pc = _pyarrow()
+        self.pool = ThreadPoolExecutor(self.pa.cpu_count()) if self.pa is not None else None
 
     def write(self, block: RowBlock) -> None:
         if self.pa is None:
@@ -123,6 +127,14 @@ class JsonlWriter:
             )
             self.out.write(text.encode())
             return
+        # Formatting floats is the costly part; slices of the block are formatted on
+        # Arrow's threads side by side (the kernels release the GIL) and written in order.
+        step = max(1, _TEXT_VALUES // max(1, block.vectors.shape[1]))
+        parts = [block.slice(s, s + step) for s in range(0, block.rows, step)]
+        for lines in self.pool.map(self._lines, parts):
+            _write_strings(self.out, lines)
+
+    def _lines(self, block: RowBlock):
         pa, pc = self.pa, self.pc
         n, d = block.vectors.shape
         values = pc.cast(pa.array(block.vectors.reshape(-1)), pa.string())
@@ -134,19 +146,24 @@ class JsonlWriter:
             ids = pc.cast(pa.array(block.ids), pa.string())
         else:
             ids = pa.array([json.dumps(i, ensure_ascii=False) for i in block.ids.tolist()], pa.string())
-        lines = pc.binary_join_element_wise('{"id": ', ids, ', "vector": [', vectors, '], "attributes": {',
-                                            attribute_text(pa, pc, block, self.schema), "}}\n", "")
-        _write_strings(self.out, lines)
+        return pc.binary_join_element_wise('{"id": ', ids, ', "vector": [', vectors, '], "attributes": {',
+                                           attribute_text(pa, pc, block, self.schema), "}}\n", "")
 
     def close(self) -> list[str]:
+        self._stop()
         if self.outputs:
             return self.outputs.publish()
         self.out.flush()
         return []
 
     def abort(self) -> None:
+        self._stop()
         if self.outputs:
             self.outputs.abort()
+
+    def _stop(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown()
 
 
 def attribute_text(pa, pc, block: RowBlock, schema: dict[str, str]):
@@ -241,7 +258,9 @@ class ParquetWriter:
         meta = {"tidepool": json.dumps({"dim": settings.dim, "metric": settings.metric, "id_type": settings.id_type})}
         self.schema = pa.schema(fields, metadata=meta)
         self.outputs = _Outputs([Path(output)]) if isinstance(output, (str, Path)) else None
-        self.writer = pq.ParquetWriter(self.outputs.files[0] if self.outputs else output, self.schema)
+        # Dictionary pages pay off for repeated attribute values, not for float vectors or unique ids.
+        dictionary = [name for name, kind in schema.items() if kind == "string"] or False
+        self.writer = pq.ParquetWriter(self.outputs.files[0] if self.outputs else output, self.schema, use_dictionary=dictionary)
 
     def write(self, block: RowBlock) -> None:
         pa = self.pa

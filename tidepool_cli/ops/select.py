@@ -17,7 +17,7 @@ from tidepool_cli.engine.columns import Column
 from tidepool_cli.engine.filters import check_filter, evaluate, parse_filter
 from tidepool_cli.ops.view import IndexView, Source
 
-BLOCK_BYTES = 8 << 20
+BLOCK_BYTES = 4 << 20
 """float32 vector bytes of a source visited per block by streaming readers (bounds their memory)."""
 
 
@@ -67,6 +67,11 @@ class RowBlock:
     def rows(self) -> int:
         """Rows in the block."""
         return int(self.ids.shape[0])
+
+    def slice(self, start: int, stop: int) -> "RowBlock":
+        """Rows ``start:stop`` of the block."""
+        idx = np.arange(start, min(stop, self.rows))
+        return RowBlock(self.ids[start:stop], self.vectors[start:stop], {n: c.take(idx) for n, c in self.columns.items()})
 
 
 def blocks(selected: list[tuple[Source, np.ndarray]], schema: dict[str, str], block_rows: int | None = None) -> Iterator[RowBlock]:
