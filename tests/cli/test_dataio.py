@@ -168,3 +168,15 @@ def test_round_trip_on_debian_texts_with_string_ids_and_attributes(tmp_path):
     pq.write_table(table, tmp_path / "in.parquet", row_group_size=1000)
     _real_round_trip(tmp_path, tmp_path / "in.parquet", "cosine", id_column="package")
     assert isinstance(next(iter(_rows(tmp_path / "parquet")[0])), str)
+
+
+def test_jsonl_export_escapes_strings_and_keeps_float_kinds(tmp_path):
+    tricky = ['say "hi"', "back\\slash", "tab\tnew\nline", "ünï©ødé ☃", "\x01ctl", "-0"]
+    x = np.array([[0.0, -0.0], [1.0, 1e-45], [3.0e18, -2.5], [0.1, 7.0], [1.0, 2.0], [5.0, 6.0]], np.float32)
+    attrs = [{"s": s, "f": f} for s, f in zip(tricky, [3.0, -0.0, 1e20, 0.5, 2.0, 1.0])]
+    _write_jsonl(tmp_path / "in.jsonl", tricky, x, attrs)
+    assert run("ingest", tmp_path / "a", "--input", tmp_path / "in.jsonl").exit_code == 0
+    assert run("export", tmp_path / "a", "--output", tmp_path / "out.jsonl").exit_code == 0
+    assert run("ingest", tmp_path / "b", "--input", tmp_path / "out.jsonl").exit_code == 0
+    assert _rows(tmp_path / "b") == _rows(tmp_path / "a")
+    assert IndexView(tmp_path / "b").schema == {"f": "float", "s": "string"}
