@@ -115,7 +115,7 @@ def _open(pa, fmt: str, path: Path | None, stream: BinaryIO | None, where: str):
             raise InvalidInputError(f"{where}: Parquet needs a seekable file, not a pipe; save it to a file first (or send an Arrow IPC stream)")
         import pyarrow.parquet as pq
 
-        pf = pq.ParquetFile(path)
+        pf = pq.ParquetFile(path, pre_buffer=False)  # pre-buffering holds every column chunk read so far
         # Batches no larger than a row group: Arrow then never stitches row groups together.
         group = max([pf.metadata.row_group(i).num_rows for i in range(pf.num_row_groups)] + [1])
         return pf.schema_arrow, pf.metadata.num_rows, lambda cols, size: _prefetched(pf.iter_batches(batch_size=min(size, group), columns=cols))
