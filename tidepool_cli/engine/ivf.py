@@ -50,6 +50,7 @@ import numpy as np
 from tidepool_cli.engine import idcodec
 from tidepool_cli.engine.distances import check_metric, sqnorms
 from tidepool_cli.engine.kmeans import assign, kmeans
+from tidepool_cli.engine.order import Slack, smallest_mask, tie_aware_mask
 from tidepool_cli.engine.topk import candidate_count, knn, rerank
 from tidepool_cli.errors import CorruptIndexError, InvalidInputError, UnsupportedFormatError
 
@@ -464,8 +465,9 @@ def search_ivf(
         for s in range(0, nq, batch):
             qb = xq[s : s + batch]
             lids, qids, near = _probe(index, qb, nprobe, run)
-            cand, cval = _scan(index, x, qb, lids, qids, near, kk, allowed, xb_sqnorms, run)
-            D[s : s + qb.shape[0]], I[s : s + qb.shape[0]] = _rerank(index, x, qb, cand, cval, k, run)
+            slack = Slack(qb, index.metric)
+            cand, cval = _scan(index, x, qb, lids, qids, near, k, kk, allowed, xb_sqnorms, slack, run)
+            D[s : s + qb.shape[0]], I[s : s + qb.shape[0]] = _rerank(index, x, qb, cand, cval, k, slack, run)
     short = np.flatnonzero(I[:, min(k, n_allowed) - 1] < 0)
     if short.size:
         D[short], I[short] = knn(xq[short], x, k, index.metric, xb_sqnorms=xb_sqnorms, allowed=allowed)
@@ -546,6 +548,7 @@ def _probe(index: IvfIndex, xq: np.ndarray, nprobe: int, run: _Runner) -> tuple[
     csq = sqnorms(c) if index.metric == "l2" else None
     nq, nb = xq.shape[0], min(BOUND_LISTS, nprobe)
     near = np.empty((nq, nb), dtype=np.int64)
+    cmax = float(np.sqrt(sqnorms(c).max())) if index.metric == "dot" else None
     pairs = []
     for s in range(0, nq, PROBE_QUERIES):
         # One GEMM per chunk on the calling thread, threaded by BLAS when it is large
@@ -556,10 +559,13 @@ def _probe(index: IvfIndex, xq: np.ndarray, nprobe: int, run: _Runner) -> tuple[
         if csq is not None:
             proxy += csq
         step = -(-proxy.shape[0] // run.workers)
+        slack = Slack(qb, index.metric, cmax)
 
-        def select(r, proxy=proxy, s=s):
+        def select(r, proxy=proxy, s=s, slack=slack):
             block = proxy[r : r + step]
-            mask = _smallest(block, nprobe)
+            # Lists whose centroid score is within float error of the nprobe-th are
+            # probed too, so the probed set does not depend on the BLAS.
+            mask = tie_aware_mask(block, nprobe, nprobe, slack, slice(r, r + block.shape[0]))
             # Repeated argmin walks the lists in (proxy, id) order, the order the mask
             # was cut in, so the nb nearest are always probed lists.
             rows = np.arange(block.shape[0])
@@ -577,35 +583,6 @@ def _probe(index: IvfIndex, xq: np.ndarray, nprobe: int, run: _Runner) -> tuple[
     qids, lids = np.divmod(np.concatenate(pairs), nlist)
     order = _stable_order(lids, nlist)
     return lids[order], qids[order], near
-
-
-def _smallest(vals: np.ndarray, m: int, tie: np.ndarray | None = None) -> np.ndarray:
-    """Mask of the m smallest values of every row, ties to the smaller ``tie`` key.
-
-    Parameters
-    ----------
-    vals : (r, c) float32
-    m : int, ``1 <= m``
-    tie : (r, c) int, optional
-        Tie-break keys; the column index if None.
-
-    Returns
-    -------
-    (r, c) bool with ``min(m, c)`` True per row (fewer where a row has +inf padding).
-    """
-    r, c = vals.shape
-    if m >= c:
-        return np.ones((r, c), dtype=bool)
-    kth = np.partition(vals, m - 1, axis=1)[:, m - 1 : m]
-    mask = vals <= kth
-    # Values equal to the m-th can push a row past m; only such rows need a full sort.
-    over = np.flatnonzero(np.count_nonzero(mask, axis=1) > m)
-    if over.size:
-        key = np.broadcast_to(np.arange(c), (over.size, c)) if tie is None else tie[over]
-        keep = np.lexsort((key, vals[over]), axis=1)[:, :m]
-        mask[over] = False
-        mask[over[:, None], keep] = True
-    return mask
 
 
 def _stable_order(keys: np.ndarray, bound: int) -> np.ndarray:
@@ -663,6 +640,17 @@ class _Lists:
         op[-1] = sq
         return ids, op, None
 
+    def max_norm(self, lids: list[int]) -> float:
+        """Largest norm of the allowed rows of the (decoded) lists ``lids``; 0 if none."""
+        ids = [self.ids[lid] for lid in lids if self.ids[lid].size]
+        if not ids:
+            return 0.0
+        ids = np.concatenate(ids)
+        if self.sq is not None:
+            return float(np.sqrt(np.max(self.sq[ids])))
+        step = max(1, RERANK_FLOATS // self.x.shape[1])
+        return float(np.sqrt(max(sqnorms(np.asarray(self.x[ids[s : s + step]])).max() for s in range(0, ids.size, step))))
+
     def decode(self, lid: int) -> np.ndarray:
         """Positions (m,) int64 of the allowed rows of list ``lid``, decoded once per batch."""
         if lid not in self.ids:
@@ -696,14 +684,17 @@ class _Lists:
         return budget
 
 
-def _scan(index, x, xq, lids, qids, near, kk, allowed, xb_sqnorms, run) -> tuple[np.ndarray, np.ndarray]:
-    """The kk best proxies over the probed lists: positions (nq, kk) int64, -1 padded, and
-    the proxies, +inf padded."""
+def _scan(index, x, xq, lids, qids, near, k, kk, allowed, xb_sqnorms, slack, run) -> tuple[np.ndarray, np.ndarray]:
+    """The candidates of a tie-aware cut over the probed lists: positions (nq, w) int64,
+    -1 padded, and their proxies, +inf padded (see :func:`_merge`)."""
     nq = xq.shape[0]
     lists = _Lists(index, x, xq, allowed, xb_sqnorms, run.workers)
     # Decoding holds the GIL (9-20 us per ans list, in one call for all); done up front, it
     # costs its own time, done inside the workers it stalls the other thread as well.
-    lists.decode_all(np.flatnonzero(np.bincount(lids, minlength=index.nlist)).tolist())
+    probed = np.flatnonzero(np.bincount(lids, minlength=index.nlist)).tolist()
+    lists.decode_all(probed)
+    if index.metric == "dot":
+        slack.xmax = lists.max_norm(probed)
     nb = near.shape[1]
     tops = np.full((nq, nb, kk), np.inf, dtype=np.float32)
 
@@ -718,7 +709,7 @@ def _scan(index, x, xq, lids, qids, near, kk, allowed, xb_sqnorms, run) -> tuple
                 block = lists.score(entry, qs)
                 if ids.size > kk:
                     top = np.partition(block, kk - 1, axis=1)[:, :kk]
-                    kept.append(_keep(block, qs, ids, top.max(axis=1)))
+                    kept.append(_keep(block, qs, ids, slack.limit(top.max(axis=1), qs)))
                 else:
                     top = block
                     kept.append(_keep(block, qs, ids, None))
@@ -734,7 +725,7 @@ def _scan(index, x, xq, lids, qids, near, kk, allowed, xb_sqnorms, run) -> tuple
             ids = entry[0]
             if ids.size:
                 block = lists.score(entry, qs)
-                kept.append(_keep(block, qs, ids, best[qs].max(axis=1)))
+                kept.append(_keep(block, qs, ids, slack.limit(best[qs].max(axis=1), qs)))
                 both = np.concatenate([best[qs], block], axis=1)
                 best[qs] = np.partition(both, kk - 1, axis=1)[:, :kk]
         return kept
@@ -765,12 +756,13 @@ def _scan(index, x, xq, lids, qids, near, kk, allowed, xb_sqnorms, run) -> tuple
         pick = need[first]  # the lowest-id remaining list of each such query
         rest[pick] = False
         kept += run.map(extra_pass, run.split(list(_groups(lids[pick], qids[pick]))))
-    bound = best.max(axis=1)
+    # Entries within float error of the bound stay: one of them may tie the k-th.
+    bound = slack.limit(best.max(axis=1))
     kept += run.map(scan_pass, run.split(list(_groups(lids[rest], qids[rest]))))
-    return _merge([e for part in kept for e in part], nq, kk, run)
+    return _merge([e for part in kept for e in part], nq, k, kk, slack, run)
 
 
-def _rerank(index, x, xq, cand, cval, k, run) -> tuple[np.ndarray, np.ndarray]:
+def _rerank(index, x, xq, cand, cval, k, slack, run) -> tuple[np.ndarray, np.ndarray]:
     """Exact distances and top k of the candidates that can still reach the top k.
 
     Candidates are sorted by proxy; those past :func:`_reach` cannot beat the k-th one
@@ -780,7 +772,7 @@ def _rerank(index, x, xq, cand, cval, k, run) -> tuple[np.ndarray, np.ndarray]:
     nq, kk = cand.shape
     order = np.argsort(cval, axis=1, kind="stable")
     cand, cval = np.take_along_axis(cand, order, 1), np.take_along_axis(cval, order, 1)
-    width = _reach(cval, xq, k, index.metric)
+    width = _reach(cval, k, slack)
     D = np.empty((nq, k), dtype=np.float32)
     I = np.empty((nq, k), dtype=np.int64)
     jobs = []
@@ -797,47 +789,30 @@ def _rerank(index, x, xq, cand, cval, k, run) -> tuple[np.ndarray, np.ndarray]:
     return D, I
 
 
-def _reach(cval: np.ndarray, xq: np.ndarray, k: int, metric: str) -> np.ndarray:
+def _reach(cval: np.ndarray, k: int, slack: Slack) -> np.ndarray:
     """How many of each query's proxy-sorted candidates can end up in its exact top k.
 
-    A float32 dot product of m terms is off by at most ``gamma * sum |terms|`` with
-    ``gamma = m u / (1 - m u)``, ``u = 2**-24`` (Higham, "Accuracy and Stability of
-    Numerical Algorithms", 2002, section 3.1), whatever the summation order. For l2 the
-    terms of ``|x|^2 - 2 q.x`` sum to at most ``|x|^2 + 2 |q| |x|``, and a candidate's
-    own proxy bounds its norm, ``|x| <= |q| + sqrt(proxy + |q|^2)``; the exact distances
-    of the rerank carry the same kind of error. A candidate whose proxy exceeds the k-th
-    one by more than twice the sum of these bounds is farther for certain. For cosine
-    the terms are bounded by ``|q| |x| = |q|``; ``dot`` has no norm bound and keeps
-    every candidate.
+    A candidate whose proxy exceeds the k-th one by more than the float-error bound of
+    :class:`~tidepool_cli.engine.order.Slack` is farther for certain; the others are
+    reranked.
 
     Parameters
     ----------
     cval : (nq, kk) float32, ascending per row, +inf padded
-    xq : (nq, d) float32
     k : int
-    metric : {"l2", "cosine", "dot"}
+    slack : Slack
+        Error bounds of the batch's queries.
 
     Returns
     -------
     (nq,) int64 in ``[min(k, kk), kk]``
     """
     nq, kk = cval.shape
-    if metric == "dot" or kk <= k:
+    if kk <= k:
         return np.full(nq, kk, dtype=np.int64)
-    m = xq.shape[1] + 2
-    gamma = m * 2.0**-24 / (1 - m * 2.0**-24)
-    v = cval.astype(np.float64)
-    qn = np.sqrt(np.einsum("ij,ij->i", xq, xq, dtype=np.float64))[:, None]
-    if metric == "l2":
-        finite = np.where(np.isfinite(v), v, -np.inf).max(axis=1, keepdims=True)
-        xn = qn + np.sqrt(np.maximum(finite + qn**2, 0.0))
-        scale = (xn**2 + 2 * qn * xn) + (qn + xn) ** 2
-    else:
-        # Stored rows are unit vectors; the query's own norm covers one not prepared.
-        scale = 2.0 * np.maximum(qn, 1.0)
-    limit = v[:, k - 1 : k] + 4 * gamma * scale
+    limit = slack.limit(cval[:, k - 1])[:, None]
     # Strictly beyond: a candidate at exactly the limit could still tie the k-th.
-    return np.maximum(np.count_nonzero(~(v > limit), axis=1), min(k, kk)).astype(np.int64)
+    return np.maximum(np.count_nonzero(~(cval > limit), axis=1), min(k, kk)).astype(np.int64)
 
 
 def _product(qa: np.ndarray, qs: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -863,9 +838,15 @@ def _serial_matmul(a: np.ndarray, b: np.ndarray, filled: int | None = None) -> n
     if m <= step:
         return a[:m] @ b
     mp = -(-m // step) * step
-    if a.shape[0] < mp:
+    if filled is None:
+        # The caller's array (maybe a read-only memmap): copy only when the last slice
+        # needs padding, and never write into it.
+        if mp > m:
+            a = np.concatenate([a[:m], np.zeros((mp - m, a.shape[1]), dtype=np.float32)])
+    elif a.shape[0] < mp:
         a = np.concatenate([a[:m], np.zeros((mp - m, a.shape[1]), dtype=np.float32)])
     else:
+        # Our own scratch rows past ``filled``.
         a = a[:mp]
         a[m:] = 0.0
     return np.matmul(a.reshape(mp // step, step, -1), b).reshape(mp, b.shape[1])[:m]
@@ -891,19 +872,20 @@ def _groups(lids: np.ndarray, *cols: np.ndarray):
             yield (int(lids[a]), *(c[a:b] for c in cols))
 
 
-def _merge(kept, nq: int, kk: int, run: _Runner) -> tuple[np.ndarray, np.ndarray]:
-    """The kk best (proxy, then id) kept entries per query: (nq, kk) positions, -1 padded,
-    and their proxies, +inf padded.
+def _merge(kept, nq: int, k: int, kk: int, slack: Slack, run: _Runner) -> tuple[np.ndarray, np.ndarray]:
+    """The candidates of every query among its kept (query, proxy, id) entries: its kk
+    best (proxy, then id) and every entry within float error of its k-th best proxy
+    (:func:`~tidepool_cli.engine.order.tie_aware_mask`), so that which rows reach the
+    rerank does not depend on the last bits of the proxies. Returns (nq, w) positions,
+    -1 padded, and their proxies, +inf padded, ``w >= kk``.
 
     Queries are ranked by the size class of their entry count (the next power of two),
     entries are radix-sorted by that rank, and each class is laid out as a padded
-    (queries, 2**class) matrix in which one ``np.partition`` finds the kk best. That is
+    (queries, 2**class) matrix in which one ``np.partition`` finds the cut. That is
     linear in the entries, where a sort on (query, proxy, id) costs several times more.
     """
-    cand = np.full((nq, kk), -1, dtype=np.int64)
-    cval = np.full((nq, kk), np.inf, dtype=np.float32)
     if not kept:
-        return cand, cval
+        return np.full((nq, kk), -1, dtype=np.int64), np.full((nq, kk), np.inf, dtype=np.float32)
     q, v, ids = (np.concatenate(a) for a in zip(*kept))
     counts = np.bincount(q, minlength=nq)
     cls = np.zeros(nq, dtype=np.int64)
@@ -928,17 +910,26 @@ def _merge(kept, nq: int, kk: int, run: _Runner) -> tuple[np.ndarray, np.ndarray
         e0, e1 = qstart[a], qstart[b - 1] + csorted[b - 1]
         rows, er, ep = qorder[a:b], r[e0:e1] - a, pos[e0:e1]
         c = int(cls[rows[0]])
-        if c == 0:
-            cand[rows[er], ep] = ids[e0:e1]
-            cval[rows[er], ep] = v[e0:e1]
-            return
-        V = np.full((b - a, 1 << c), np.inf, dtype=np.float32)
-        X = np.full((b - a, 1 << c), np.iinfo(np.int64).max, dtype=np.int64)
+        w = kk if c == 0 else 1 << c
+        V = np.full((b - a, w), np.inf, dtype=np.float32)
+        X = np.full((b - a, w), -1, dtype=np.int64)
         V[er, ep] = v[e0:e1]
         X[er, ep] = ids[e0:e1]
-        sel = _smallest(V, kk, X)
-        cand[rows] = X[sel].reshape(b - a, kk)
-        cval[rows] = V[sel].reshape(b - a, kk)
+        if c == 0:
+            return rows, X, V
+        mask = tie_aware_mask(V, kk, k, slack, rows, np.where(X < 0, np.iinfo(np.int64).max, X))
+        width = int(mask.sum(axis=1).max())
+        sel = np.argsort(~mask, axis=1, kind="stable")[:, :width]
+        took = np.take_along_axis(mask, sel, 1)
+        X = np.where(took, np.take_along_axis(X, sel, 1), -1)
+        V = np.where(took, np.take_along_axis(V, sel, 1), np.float32(np.inf))
+        return rows, X, V
 
-    run.map(select, [(a, b) for a, b in zip(bounds[:-1], bounds[1:]) if b > a])
+    parts = run.map(select, [(a, b) for a, b in zip(bounds[:-1], bounds[1:]) if b > a])
+    width = max(kk, max(p[1].shape[1] for p in parts))
+    cand = np.full((nq, width), -1, dtype=np.int64)
+    cval = np.full((nq, width), np.inf, dtype=np.float32)
+    for rows, X, V in parts:
+        cand[rows, : X.shape[1]] = X
+        cval[rows, : V.shape[1]] = V
     return cand, cval
