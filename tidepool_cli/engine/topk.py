@@ -168,6 +168,8 @@ def _complete_ties(xq, xb, cand, cval, k, metric, xb_sqnorms, allowed, slack) ->
         r, c = np.nonzero(proxy <= wide[:, None])
         hits_r.append(r), hits_c.append(c + s), hits_v.append(proxy[r, c])
     r, c, v = np.concatenate(hits_r), np.concatenate(hits_c), np.concatenate(hits_v)
+    by_query = np.argsort(r, kind="stable")
+    r, c, v = r[by_query], c[by_query], v[by_query]
     counts = np.bincount(r, minlength=sat.size)
     width = int(counts.max())
     slot = np.arange(r.size) - (np.cumsum(counts) - counts)[r]
