@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 
 from tidepool_cli.engine import ivf, kmeans, topk
+from tidepool_cli.engine.ivf import scan as ivf_scan
+from tidepool_cli.engine.ivf import search as ivf_search
 from tidepool_cli.engine.distances import exact_distances, normalize_rows, prepare_queries
 from tidepool_cli.engine.hnsw import build_hnsw, search_hnsw
 from tidepool_cli.engine.order import Slack, smallest_mask, sortable, tie_aware_mask, unsortable
@@ -55,7 +57,7 @@ def cases():
 
 
 CASES = {name: (x, q, metric) for name, x, q, metric in cases()}
-ORIGINAL_PRODUCT = ivf._product
+ORIGINAL_PRODUCT = ivf_scan.product
 
 
 def noisy(fn, seed, ulps=4):
@@ -98,14 +100,14 @@ def test_ivf_under_perturbed_scores_and_thread_layouts(monkeypatch, name, k):
     runs = []
     for workers, seed in [("1", None), ("2", 1), ("2", 2), ("1", 3)]:
         monkeypatch.setenv("OMP_NUM_THREADS", workers)
-        monkeypatch.setattr(ivf, "PARALLEL_MIN_PAIRS", 0)
+        monkeypatch.setattr(ivf_search, "PARALLEL_MIN_PAIRS", 0)
         if seed is not None:
-            monkeypatch.setattr(ivf, "_product", noisy(ORIGINAL_PRODUCT, seed))
+            monkeypatch.setattr(ivf_scan, "product", noisy(ORIGINAL_PRODUCT, seed))
         D, I = ivf.search_ivf(index, xb, xq, k, nprobe=9)
         runs.append(I)
         np.testing.assert_array_equal(I, want)
         np.testing.assert_array_equal(D, exact_distances(xq, xb[I], metric))
-    monkeypatch.setattr(ivf, "SCAN_QUERIES", 3)
+    monkeypatch.setattr(ivf_search, "SCAN_QUERIES", 3)
     np.testing.assert_array_equal(ivf.search_ivf(index, xb, xq, k, nprobe=9)[1], want)
 
 
@@ -116,7 +118,7 @@ def test_ivf_duplicates_in_one_list_whatever_their_column():
     for seed in range(5):
         ivf_product = noisy(ORIGINAL_PRODUCT, seed, ulps=2)
         mp = pytest.MonkeyPatch()
-        mp.setattr(ivf, "_product", ivf_product)
+        mp.setattr(ivf_scan, "product", ivf_product)
         try:
             I = ivf.search_ivf(index, x, q, 30, nprobe=9)[1]
         finally:

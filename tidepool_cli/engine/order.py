@@ -206,3 +206,21 @@ def tie_aware_mask(
     mask |= vals <= lim[:, None]
     mask &= vals < np.inf
     return mask
+
+
+def stable_order(keys: np.ndarray, bound: int) -> np.ndarray:
+    """Stable argsort of non-negative integer keys below ``bound``.
+
+    NumPy radix-sorts 16-bit keys, which is several times faster than its merge sort.
+
+    Parameters
+    ----------
+    keys : (n,) int
+    bound : int
+        All keys are below it.
+
+    Returns
+    -------
+    (n,) int64 permutation
+    """
+    return np.argsort(keys.astype(np.uint16) if bound <= 1 << 16 else keys, kind="stable")
