@@ -144,24 +144,3 @@ def exact_distances(xq: np.ndarray, rows: np.ndarray, metric: str) -> np.ndarray
     ip = np.einsum("qmd,qd->qm", rows, xq)
     # Rounding can push 1 - cos a few ulps outside [0, 2] for (anti)parallel unit vectors.
     return np.clip(1.0 - ip, 0.0, 2.0) if metric == "cosine" else -ip
-
-
-def proxy_to_distance(proxy: np.ndarray, xq_sqnorms: np.ndarray | None, metric: str) -> np.ndarray:
-    """Turn ranking proxies into public distances (see the module docstring).
-
-    Parameters
-    ----------
-    proxy : (nq, m) float32
-    xq_sqnorms : (nq,) float32 or None
-        Squared query norms, needed for l2 only.
-    metric : {"l2", "cosine", "dot"}
-
-    Returns
-    -------
-    (nq, m) float32
-    """
-    if metric == "l2":
-        return np.maximum(proxy + xq_sqnorms[:, None], 0.0)
-    if metric == "cosine":
-        return proxy + 1.0
-    return proxy
