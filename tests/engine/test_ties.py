@@ -141,7 +141,20 @@ def test_ivf_probes_every_list_tied_with_the_last_probed_one():
     np.testing.assert_array_equal(I, brute_force(q, x, 5, "l2"))
 
 
-@pytest.mark.parametrize("name", ["int-l2", "int-dot"])
+@pytest.mark.parametrize("name", sorted(CASES))
+@pytest.mark.parametrize("m", [4, 8, 16])
+def test_hnsw_reaches_every_row_of_duplicate_heavy_data(name, m):
+    from tidepool_cli.engine.graph import reachable
+
+    xb, _, metric = CASES[name]
+    graph = build_hnsw(xb, metric, m=m, ef_construction=64)
+    assert reachable(graph.layer0, graph.entry_point).all()
+    for nodes, nb in zip(graph.upper_nodes, graph.upper_neighbors):
+        start = int(np.searchsorted(nodes, graph.entry_point))
+        assert reachable(nb, start, nodes).all()
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
 @pytest.mark.parametrize("threads", [1, 2])
 def test_hnsw_full_beam_is_exact_with_ties_by_position(name, threads):
     xb, xq, metric = CASES[name]

@@ -62,7 +62,8 @@ def connect_unreachable(
     is found by no search. Each round walks the graph from ``start``; every lost row takes
     an edge from its nearest reached candidate, into a free slot or else in place of that
     node's farthest neighbour (which the next round re-checks). Rows are kept sorted by
-    distance.
+    distance. Rows still lost after ``REPAIR_ROUNDS`` rounds (many duplicates sharing one
+    nearest reached row) are chained to each other (:func:`_attach`) for as many more.
 
     Parameters
     ----------
@@ -81,34 +82,65 @@ def connect_unreachable(
     int
         Number of edges added.
     """
-    R = adjacency.shape[1]
     added = 0
-    for _ in range(REPAIR_ROUNDS):
-        seen = reachable(adjacency, start)
-        lost = np.flatnonzero(~seen)
-        if not lost.size:
-            break
-        c = cand[lost]
-        ok = (c >= 0) & seen[c.clip(0)]
-        has = ok.any(axis=1)
-        if has.any():
-            u = lost[has]
-            w = c[has, ok[has].argmax(axis=1)]
-            w, first = np.unique(w, return_index=True)
-            u = u[first]
-        else:
-            # A whole component without a reached candidate: attach one of its rows to
-            # its nearest reached row by exact search.
-            u = lost[:1]
-            reached = np.flatnonzero(seen)
-            _, I = knn(np.asarray(x[u], dtype=np.float32), np.asarray(x[reached]), 1, metric)
-            w = reached[I[:, 0]]
-        free = adjacency[w] < 0
-        slot = np.where(free.any(axis=1), free.argmax(axis=1), R - 1)
-        adjacency[w, slot] = u
-        _sort_rows(x, adjacency, w, metric)
-        added += w.size
+    for chain in (False, True):
+        for _ in range(REPAIR_ROUNDS):
+            seen = reachable(adjacency, start)
+            lost = np.flatnonzero(~seen)
+            if not lost.size:
+                return added
+            src, dst = _attach(x, adjacency, seen, lost, cand, metric, chain)
+            adjacency[src, _slots(adjacency, src)] = dst
+            _sort_rows(x, adjacency, np.unique(src), metric)
+            added += src.size
     return added
+
+
+def _attach(x, adjacency, seen, lost, cand, metric, chain):
+    """(sources, targets) of the edges one repair round adds for the ``lost`` rows; no
+    source repeats.
+
+    Each lost row's nearest reached candidate takes an edge to it, one lost row per
+    reached row and round, into a free slot or over its farthest neighbour. With
+    ``chain``, the lost rows that chose the same reached row ``w`` hang off each other
+    instead of waiting: ``w -> u1 -> u2 -> ... -> um``, and the neighbour ``w`` gives up
+    for ``u1`` (if any) hangs off ``um``, so it stays reachable. That is the way out when
+    many rows share one nearest reached row at equal distance (duplicates), where each
+    round's edge would evict the previous round's.
+    """
+    c = cand[lost]
+    ok = (c >= 0) & seen[c.clip(0)]
+    has = ok.any(axis=1)
+    if not has.any():
+        # A whole component without a reached candidate: attach one of its rows to
+        # its nearest reached row by exact search.
+        u = lost[:1]
+        reached = np.flatnonzero(seen)
+        _, I = knn(np.asarray(x[u], dtype=np.float32), np.asarray(x[reached]), 1, metric)
+        return reached[I[:, 0]], u
+    u = lost[has]
+    w = c[has, ok[has].argmax(axis=1)]
+    if not chain:
+        w, first = np.unique(w, return_index=True)
+        return w, u[first]
+    order = np.lexsort((u, w))
+    w, u = w[order], u[order]
+    first = np.r_[True, w[1:] != w[:-1]]
+    last = np.r_[w[1:] != w[:-1], True]
+    heads = w[first]
+    row = adjacency[heads]
+    evicted = row[np.arange(heads.size), _slots(adjacency, heads)]
+    tails = u[last]
+    moved = evicted >= 0
+    src = np.concatenate((heads, u[~last], tails[moved]))
+    dst = np.concatenate((u[first], u[1:][~last[:-1]], evicted[moved]))
+    return src, dst
+
+
+def _slots(adjacency, rows):
+    """Slot of each row a new edge goes to: its first free one, else its last (farthest)."""
+    free = adjacency[rows] < 0
+    return np.where(free.any(axis=1), free.argmax(axis=1), adjacency.shape[1] - 1)
 
 
 def _sort_rows(x, adjacency, rows, metric):
