@@ -169,6 +169,28 @@ def smallest_mask(vals: np.ndarray, m: int, tie: np.ndarray | None = None) -> np
     return mask
 
 
+def smallest_k(vals: np.ndarray, k: int, tie: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Columns and values of the k smallest entries of every row (unordered), ties to the
+    smaller ``tie`` key (the column if None): :func:`smallest_mask` as indices.
+
+    Parameters
+    ----------
+    vals : (r, c) float32
+    k : int, >= 1
+    tie : (r, c) int, optional
+
+    Returns
+    -------
+    cols : (r, min(k, c)) int64
+    values : (r, min(k, c)) float32
+    """
+    r, c = vals.shape
+    if k >= c:
+        return np.broadcast_to(np.arange(c), (r, c)), vals
+    cols = np.nonzero(smallest_mask(vals, k, tie))[1].reshape(r, k)
+    return cols, np.take_along_axis(vals, cols, axis=1)
+
+
 def kth_smallest(vals: np.ndarray, k: int) -> np.ndarray:
     """(r,) the k-th smallest value of every row of (r, c) ``vals`` (+inf when c < k)."""
     r, c = vals.shape

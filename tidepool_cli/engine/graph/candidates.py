@@ -17,7 +17,7 @@ import numpy as np
 from tidepool_cli.engine.distances import sqnorms
 from tidepool_cli.engine.graph.keys import ID_MASK, SENTINEL, decode, encode
 from tidepool_cli.engine.kmeans import kmeans
-from tidepool_cli.engine.order import sortable, unsortable
+from tidepool_cli.engine.order import smallest_k, sortable, unsortable
 from tidepool_cli.engine.threads import parallel
 
 EXACT_KNN_FLOPS = 2.0e10
@@ -33,7 +33,7 @@ IVF_KMEANS_ITERS = 6
 """Lloyd iterations of the partitioning k-means: partitions need not be optimal, only local."""
 
 TOPK_COLS = 2048
-"""Columns per top-k selection; their index fits in the low mantissa bits of the keys."""
+"""Member columns per proxy block and top-k selection of the partitioned k-NN."""
 
 PROXY_BLOCK_FLOATS = 1 << 22
 """Proxy scores per GEMM block of the candidate search (16 MiB)."""
@@ -67,10 +67,8 @@ def knn_candidates(
     compared with the members of its ``IVF_PROBES`` nearest clusters. That finds most true
     neighbours across cluster borders at ``O(n · IVF_PROBES · IVF_CLUSTER_ROWS · d)``
     cost, plus ``O(n · nlist · d)`` for the assignment, instead of ``O(n² d)``. Each row's
-    best candidates per block are selected with a partition of int32 keys whose low
-    mantissa bits hold the column, which orders distances to about 1e-4 relative
-    precision (plenty for candidates) and runs several times faster than
-    ``argpartition``.
+    best candidates per block come from the engine's one row-wise selection,
+    :func:`~tidepool_cli.engine.order.smallest_k` (a partition, ties to the lower column).
 
     Parameters
     ----------
@@ -159,7 +157,7 @@ def _cluster_knn(x, sq, metric, rows, mem_ids, home, near, keys, tick, workers):
                 pos = np.searchsorted(mem, qb).clip(0, mem.size - 1)
                 me = np.flatnonzero(mem[pos] == qb)
                 proxy[me, pos[me]] = np.inf
-                cols, vals = row_smallest(proxy, kk, signed=metric == "dot")
+                cols, vals = smallest_k(proxy, kk)
                 new = encode(vals, mem[cols], metric)
                 new[~np.isfinite(vals)] = SENTINEL
                 # Other clusters update the same rows; keys are distinct, so the kept
@@ -223,7 +221,7 @@ def prefix_candidates(
         _to_distance(proxy, None if sq is None else sq[:r1], None if sq is None else sq[r0:r1], metric)
         # Row i sees only the rows inserted before it.
         proxy[np.arange(r1 - r0)[:, None] + r0 <= np.arange(r1)[None, :]] = np.inf
-        cols, vals = row_smallest(proxy, min(k, r1), signed=metric == "dot")
+        cols, vals = smallest_k(proxy, min(k, r1))
         new = encode(vals, order[cols], metric)
         new[~np.isfinite(vals)] = SENTINEL
         new.sort(axis=1)
@@ -268,24 +266,6 @@ def _to_distance(proxy, col_sq, row_sq, metric):
         proxy += 1.0
 
 
-def row_smallest(proxy: np.ndarray, kk: int, signed: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """Columns and values of the kk smallest entries of each row (unordered).
-
-    With ``signed=False`` the values are distances, non-negative up to rounding, whose
-    IEEE bits already sort like the floats (a rounding-negative value sorts first, as
-    the near-zero distance it is).
-    """
-    r, m = proxy.shape
-    if kk >= m:
-        return np.broadcast_to(np.arange(m), (r, m)), proxy
-    nb = max(1, (m - 1).bit_length())
-    mono = sortable(proxy) if signed else np.ascontiguousarray(proxy, dtype=np.float32).view(np.int32).copy()
-    mono &= ~np.int32((1 << nb) - 1)
-    mono |= np.arange(m, dtype=np.int32)
-    cols = np.partition(mono, kk - 1, axis=1)[:, :kk] & np.int32((1 << nb) - 1)
-    return cols, np.take_along_axis(proxy, cols, axis=1)
-
-
 def _nearest_centroids(x, cent, s, metric):
     """(n, s) indices of each row's s nearest centroids, nearest first (largest inner product for dot)."""
     n = x.shape[0]
@@ -298,7 +278,7 @@ def _nearest_centroids(x, cent, s, metric):
     for r0 in range(0, n, CENTROID_ROWS):
         p = np.asarray(x[r0 : r0 + CENTROID_ROWS], dtype=np.float32) @ ct
         p += bias
-        part, vals = row_smallest(p, s)
+        part, vals = smallest_k(p, s)
         order = np.argsort(vals, axis=1, kind="stable")
         out[r0 : r0 + p.shape[0]] = np.take_along_axis(part, order, axis=1)
     return out
