@@ -29,6 +29,9 @@ from tidepool_cli.errors import InvalidInputError
 
 METRICS: tuple[str, ...] = ("l2", "cosine", "dot")
 
+SQNORM_ROWS = 65536
+"""Rows converted to float64 per step of :func:`sqnorms` (bounds the copy to 64 MiB at d = 128)."""
+
 
 def check_metric(metric: str) -> str:
     """Return ``metric`` if it is one of :data:`METRICS`.
@@ -58,7 +61,7 @@ def sqnorms(x: np.ndarray) -> np.ndarray:
     """
     x = np.asarray(x)
     out = np.empty(x.shape[0], dtype=np.float32)
-    step = 65536
+    step = SQNORM_ROWS
     for s in range(0, x.shape[0], step):
         blk = np.asarray(x[s : s + step], dtype=np.float64)
         out[s : s + step] = np.einsum("ij,ij->i", blk, blk)

@@ -24,6 +24,9 @@ INIT_POINTS_PER_CENTROID = 8
 ASSIGN_BATCH = 16384
 """Rows assigned per GEMM batch in :func:`assign`."""
 
+SPLIT_NUDGE = 1 / 1024
+"""Relative offset that splits a centroid in two for an empty cluster."""
+
 
 def kmeans(
     x: np.ndarray,
@@ -192,7 +195,7 @@ def _update(x_cols: np.ndarray, labels: np.ndarray, old: np.ndarray, rng: np.ran
     counts = counts.astype(np.float64)
     # Opposite nudges per dimension, so the two halves separate in direction too
     # (a purely radial nudge would vanish under cosine re-normalisation).
-    nudge = np.where(np.arange(d) % 2 == 0, 1.0, -1.0).astype(np.float32) / 1024
+    nudge = np.where(np.arange(d) % 2 == 0, 1.0, -1.0).astype(np.float32) * SPLIT_NUDGE
     for j in np.flatnonzero(~nonempty):
         # Split the cluster most likely to be oversized: pick proportionally to size.
         big = int(rng.choice(k, p=counts / counts.sum()))

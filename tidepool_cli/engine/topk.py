@@ -43,6 +43,10 @@ SMALL_BATCH = 32
 on the (memory-mapped) rows, then a per-block partition, costs less than copying the base."""
 
 
+SMALL_BATCH_FLOATS = 1 << 22
+"""Proxies per block of the few-query path (16 MiB): large blocks amortise each BLAS call."""
+
+
 def candidate_count(k: int, n: int) -> int:
     """Number of candidates kept per query before exact re-ranking.
 
@@ -363,7 +367,7 @@ def _select_small(xq, xb, kk, metric, xb_sqnorms, allowed) -> tuple[np.ndarray, 
     nq = xq.shape[0]
     scale = np.float32(-2.0 if metric == "l2" else -1.0)
     qs = np.ascontiguousarray(xq * scale)
-    step = max(BLOCK_ROWS, (1 << 22) // nq)
+    step = max(BLOCK_ROWS, SMALL_BATCH_FLOATS // nq)
     parts_d, parts_i = [], []
     for s in range(0, xb.shape[0], step):
         blk = np.asarray(xb[s : s + step])
