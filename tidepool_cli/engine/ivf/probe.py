@@ -32,11 +32,23 @@ THREADED_GEMM_MNK = 1 << 26
 def probe(index: IvfIndex, xq: np.ndarray, nprobe: int, run: Runner) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Probed (list, query) pairs grouped by list, and every query's nearest lists.
 
+    Parameters
+    ----------
+    index : IvfIndex
+    xq : (nq, d) float32
+        Prepared queries.
+    nprobe : int
+        Lists per query, ``1 <= nprobe <= nlist``.
+    run : Runner
+        Shares the per-query selections between threads.
+
     Returns
     -------
-    lids, qids : (nq * nprobe,) int64
-        Pairs sorted by list id, queries ascending within a list; ties between
-        centroids at the cut go to the lower list id.
+    lids, qids : (p,) int64
+        Pairs sorted by list id, queries ascending within a list. Each query probes its
+        ``nprobe`` nearest lists (ties to the lower list id) and every further list
+        whose centroid score is within float error of the ``nprobe``-th, so
+        ``p >= nq * nprobe``.
     near : (nq, min(BOUND_LISTS, nprobe)) int64
         Each query's nearest probed lists, distinct.
     """
