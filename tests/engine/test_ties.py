@@ -203,3 +203,18 @@ def test_tie_aware_mask_keeps_everything_within_the_bound():
     v = np.array([-np.inf, -2.5, -0.0, 0.0, 1e-40, 3.0, np.inf], np.float32)
     assert (np.diff(sortable(v)) > 0).all()
     np.testing.assert_array_equal(unsortable(sortable(v)), v)
+
+
+@pytest.mark.parametrize("metric", ["l2", "cosine", "dot"])
+@pytest.mark.parametrize("d", [4, 128, 784])
+def test_loose_limit_never_cuts_below_the_precise_one(metric, d):
+    rng = np.random.default_rng(d)
+    xq = (rng.normal(size=(400, d)) * rng.uniform(0.01, 100, (400, 1))).astype(np.float32)
+    slack = Slack(xq, metric, xmax=3.0)
+    qn2 = slack.qn**2
+    near = rng.uniform(-1, -0.99, 400) * qn2  # l2 proxies of close rows: v = dist - |q|^2
+    far = rng.uniform(-1, 3, 400) * qn2
+    for v in (near, far, rng.normal(size=400) * 10):
+        v = np.maximum(v, -qn2) if metric == "l2" else v
+        assert (slack.loose_limit(v) >= slack.limit(v)).all()
+        assert (slack.limit(v) > v).all()

@@ -199,7 +199,7 @@ def scan(index, lists: ListScorer, xq, lids, qids, near, k, kk, slack: Slack, ru
                 block = lists.score(entry, qs)
                 if ids.size > kk:
                     top = np.partition(block, kk - 1, axis=1)[:, :kk]
-                    kept.append(_keep(block, qs, ids, slack.limit(top.max(axis=1), qs)))
+                    kept.append(_keep(block, qs, ids, slack.loose_limit(top.max(axis=1), qs)))
                 else:
                     top = block
                     kept.append(_keep(block, qs, ids, None))
@@ -215,7 +215,7 @@ def scan(index, lists: ListScorer, xq, lids, qids, near, k, kk, slack: Slack, ru
             ids = entry[0]
             if ids.size:
                 block = lists.score(entry, qs)
-                kept.append(_keep(block, qs, ids, slack.limit(best[qs].max(axis=1), qs)))
+                kept.append(_keep(block, qs, ids, slack.loose_limit(best[qs].max(axis=1), qs)))
                 both = np.concatenate([best[qs], block], axis=1)
                 best[qs] = np.partition(both, kk - 1, axis=1)[:, :kk]
         return kept
@@ -247,7 +247,7 @@ def scan(index, lists: ListScorer, xq, lids, qids, near, k, kk, slack: Slack, ru
         rest[pick] = False
         kept += run.map(extra_pass, run.split(list(_groups(lids[pick], qids[pick]))))
     # Entries within float error of the bound stay: one of them may tie the k-th.
-    bound = slack.limit(best.max(axis=1))
+    bound = slack.loose_limit(best.max(axis=1))
     kept += run.map(scan_pass, run.split(list(_groups(lids[rest], qids[rest]))))
     return merge([e for part in kept for e in part], nq, k, kk, slack, run)
 
