@@ -42,7 +42,11 @@ def indexed(request, tmp_path_factory):
     xb = rng.normal(size=(n, d)).astype(np.float32)
     index = ivf.build_ivf(xb, "l2", nlist=nlist, codec="raw")
     graph = build_hnsw(xb, "l2", m=8, ef_construction=40)
-    index = ivf.IvfIndex(**{f: read_only(tmp, f"ivf-{f}", getattr(index, f)) if isinstance(getattr(index, f), np.ndarray) else getattr(index, f) for f in ("metric", "centroids", "list_sizes", "codec", "blob", "offsets", "crcs", "universe")})
+    arrays = ("centroids", "list_sizes", "blob", "offsets", "crcs")
+    index = ivf.IvfIndex(
+        metric=index.metric, codec=index.codec, universe=index.universe,
+        **{f: read_only(tmp, f"ivf-{f}", getattr(index, f)) for f in arrays},
+    )
     graph = HnswGraph(
         m=graph.m, ef_construction=graph.ef_construction, metric=graph.metric, entry_point=graph.entry_point,
         levels=read_only(tmp, "levels", graph.levels), layer0=read_only(tmp, "layer0", graph.layer0),
