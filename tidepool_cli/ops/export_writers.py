@@ -20,6 +20,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
+from tidepool_cli.engine.threads import workers
 from tidepool_cli.errors import InvalidInputError
 from tidepool_cli.ops.select import RowBlock, row_attributes
 from tidepool_cli.storage.atomic import publish_file, storage_error, tmp_path
@@ -116,7 +117,7 @@ class JsonlWriter:
         self.out: BinaryIO = self.outputs.files[0] if self.outputs else output
         self.schema = schema
         self.pa, self.pc = _pyarrow()
-        self.pool = ThreadPoolExecutor(self.pa.cpu_count()) if self.pa is not None else None
+        self.pool = ThreadPoolExecutor(workers()) if self.pa is not None else None
 
     def write(self, block: RowBlock) -> None:
         if self.pa is None:
@@ -128,7 +129,7 @@ class JsonlWriter:
             self.out.write(text.encode())
             return
         # Formatting floats is the costly part; slices of the block are formatted on
-        # Arrow's threads side by side (the kernels release the GIL) and written in order.
+        # worker threads side by side (Arrow's kernels release the GIL), written in order.
         step = max(1, _TEXT_VALUES // max(1, block.vectors.shape[1]))
         parts = [block.slice(s, s + step) for s in range(0, block.rows, step)]
         for lines in self.pool.map(self._lines, parts):
