@@ -267,6 +267,9 @@ class ColdStore:
         if ids.min() < 0 or ids.max() >= self.rows:
             raise InvalidInputError(f"{self.where}: row {int(ids.max() if ids.max() >= self.rows else ids.min())} outside 0..{self.rows - 1}")
         blk = ids // self.block_rows
+        if blk.min() == blk.max():  # the common single-block fetch, without the grouping
+            b = int(blk[0])
+            return self.block(b)[ids - b * self.block_rows]
         order = np.argsort(blk, kind="stable")
         uniq, starts = np.unique(blk[order], return_index=True)
         ends = np.append(starts[1:], ids.size)
