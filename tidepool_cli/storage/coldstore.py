@@ -47,7 +47,7 @@ DICT_BYTES = 16384
 """Size of a trained dictionary."""
 DICT_MIN_BLOCKS = 16
 """Below this many blocks no dictionary is tried (it cannot pay for itself)."""
-DICT_TRAIN_BLOCKS = 256
+DICT_TRAIN_BLOCKS = 128
 DICT_PROBE_BLOCKS = 64
 
 
