@@ -223,6 +223,10 @@ def test_fold_rejects_bad_records_and_empty_batches_change_nothing():
     for k, v in meta.columns().items():
         np.testing.assert_array_equal(v, same.columns()[k])
     assert RowMeta.from_columns(same.columns()).stage_counts() == {"larval": 0, "nymph": 0, "adult": 5}
+    merged = RowMeta.concat([same.take(np.array([4, 0])), new_rows(2, DAY + 9, stage=LARVAL, larval_bits=3), new_rows(0, DAY)])
+    assert len(merged) == 4 and merged.stage.tolist() == [ADULT, ADULT, LARVAL, LARVAL]
+    assert merged.created.tolist() == [DAY, DAY, DAY + 9, DAY + 9] and merged.larval_bits.tolist() == [0, 0, 3, 3]
+    assert all(merged.columns()[k].dtype == v.dtype for k, v in same.columns().items())
     with pytest.raises(InvalidInputError, match="stage"):
         RowMeta.from_columns({**same.columns(), "stage": same.stage.astype(np.int64)})
 

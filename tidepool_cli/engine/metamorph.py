@@ -224,6 +224,12 @@ class RowMeta:
         """Rows ``idx`` (int array) as new columns (compaction keeps survivors' history)."""
         return RowMeta(**{k: np.asarray(v)[idx] for k, v in self.columns().items()})
 
+    @classmethod
+    def concat(cls, parts: "list[RowMeta]") -> "RowMeta":
+        """Rows of several segments one after another (a merge keeps every row's history)."""
+        return cls(**{name: np.concatenate([np.asarray(getattr(p, name)) for p in parts]).astype(dtype, copy=False)
+                      for name, dtype in COLUMN_DTYPES.items()})
+
     def stage_counts(self) -> dict[str, int]:
         """Rows per stage, ``{"larval": n, "nymph": n, "adult": n}``."""
         counts = np.bincount(np.asarray(self.stage), minlength=3)

@@ -172,12 +172,12 @@ def write_coldstore(
     offsets = np.concatenate([[0], np.cumsum(sizes, dtype=np.uint64)]).astype(np.uint64)
     crcs = np.fromiter((zlib.crc32(f) for f in frames), np.uint32, len(frames))
     dict_bytes = np.frombuffer(zdict.as_bytes(), np.uint8) if zdict else np.zeros(0, np.uint8)
-    blob = np.frombuffer(b"".join(frames), np.uint8)
+    blob = [np.frombuffer(f, np.uint8) for f in frames] or [np.zeros(0, np.uint8)]  # written part by part, no joined copy
     meta = {"rows": n, "cols": d, "dtype": dtype.str, "block_rows": block_rows, "level": level,
             "shuffle": shuffle_bytes, "dictionary": zdict is not None}
     sections = {"offsets": offsets, "crcs": crcs, "dict": dict_bytes, "blocks": blob}
     nbytes, crc = write_container(path, KIND, VERSION, meta, sections, bulk=("blocks",))
-    return ColdStoreInfo(nbytes, crc, int(n * d * dtype.itemsize), int(blob.size), int(dict_bytes.size), block_rows, len(frames))
+    return ColdStoreInfo(nbytes, crc, int(n * d * dtype.itemsize), int(offsets[-1]), int(dict_bytes.size), block_rows, len(frames))
 
 
 class ColdStore:
