@@ -159,6 +159,24 @@ def test_priorities_under_a_max_transitions_bound():
     assert len(plan(meta, pol, now, max_transitions=0)) == 0
 
 
+def test_a_bounded_plan_is_the_head_of_the_unbounded_one():
+    rng = np.random.default_rng(5)
+    pol, now, n = make_policy("balanced"), DAY + 12 * H, 5000
+    meta = new_rows(n, now - 10 * H)
+    stage = rng.integers(0, 3, n).astype(np.uint8)
+    cols = {**meta.columns(), "stage": stage,
+            "last_access": now - rng.choice([10, 2000, 4000], n),  # many ties inside each class
+            "last_hot": np.where(rng.random(n) < 0.3, now - rng.choice([5, 50], n), NEVER),
+            "stage_accesses": rng.choice([0, 6, 9], n).astype(np.uint32)}
+    meta = RowMeta(**cols)
+    full = plan(meta, pol, now)
+    assert len(full) > 3000
+    for bound in (0, 1, 7, 500, 1234, len(full) - 1, len(full), len(full) + 5):
+        p = plan(meta, pol, now, max_transitions=bound)
+        assert p.rows.tolist() == full.rows[:bound].tolist() and p.deferred == len(full) - len(p)
+        assert p.dst.tolist() == full.dst[:bound].tolist()
+
+
 def test_apply_never_writes_its_inputs_and_resets_stage_clocks():
     pol, now = make_policy("aggressive"), DAY + 12 * H
     meta = _mixed_state(pol, now)

@@ -475,16 +475,44 @@ def plan(meta: RowMeta, policy: Policy, now: int, *, max_transitions: int | None
         return TransitionPlan(np.zeros(0, np.int64), empty, empty.copy(), 0, now)
     src = stage[rows]
     dst = np.where(to_adult[rows], ADULT, np.where(to_nymph[rows], NYMPH, LARVAL)).astype(np.uint8)
-    prio = np.select([dst == ADULT, src == LARVAL, dst == NYMPH], [URGENT, HIGH, NORMAL], LOW)
-    key = np.select(
-        [forced[rows], dst == ADULT, prio == HIGH],
-        [np.full(rows.size, np.iinfo(np.int64).min), -last_hot[rows], -np.asarray(meta.stage_accesses)[rows].astype(np.int64)],
-        last_access[rows],
-    )
-    order = np.lexsort((rows, key, prio))
+    # Class, then a key inside the class (smaller runs first); both arrays are ours to fill.
+    prio = np.full(rows.size, LOW, np.uint8)
+    key = last_access[rows]  # normal and low: longest idle first
+    up, warm = dst == ADULT, src == LARVAL
+    warm &= ~up
+    prio[dst == NYMPH] = NORMAL
+    prio[warm] = HIGH
+    prio[up] = URGENT
+    key[warm] = -np.asarray(meta.stage_accesses)[rows[warm]].astype(np.int64)
+    key[up] = -last_hot[rows[up]]
+    key[forced[rows]] = np.iinfo(np.int64).min
     bound = rows.size if max_transitions is None else min(rows.size, max_transitions)
-    take = order[:bound]
+    take = _first(prio, key, rows, bound)
     return TransitionPlan(rows[take].astype(np.int64), src[take], dst[take], int(rows.size - bound), now)
+
+
+def _first(prio: np.ndarray, key: np.ndarray, rows: np.ndarray, bound: int) -> np.ndarray:
+    """Positions of the ``bound`` smallest (prio, key, row) triples, in that order.
+
+    Whole priority classes that fit are taken as they are; only the class the bound cuts
+    is partitioned on its key (ties by row), so a small bound over a large backlog sorts
+    ``bound`` rows instead of all of them.
+    """
+    if bound < rows.size:
+        cum = np.cumsum(np.bincount(prio, minlength=4))
+        c = int(np.searchsorted(cum, bound, side="right"))
+        need = bound - (int(cum[c - 1]) if c else 0)
+        pos = np.flatnonzero(prio == c)  # ascending, so ascending in row too
+        kc = key[pos]
+        picked = [np.flatnonzero(prio < c)]
+        if need:
+            kth = np.partition(kc, need - 1)[need - 1]
+            below = pos[kc < kth]
+            picked += [below, pos[kc == kth][: need - below.size]]
+        sel = np.concatenate(picked)
+    else:
+        sel = np.arange(rows.size)
+    return sel[np.lexsort((rows[sel], key[sel], prio[sel]))]
 
 
 def apply(meta: RowMeta, p: TransitionPlan, policy: Policy) -> RowMeta:
