@@ -17,6 +17,13 @@ Planning, on synthetic metadata (no data set needed): rows per second of ``plan`
 over 1,000,000 rows with no transition due (bar <= 1 s); records per second of ``fold``
 on 1,000,000 Zipf-distributed access records. The seed's own figures (100 transitions in
 1-2 ms, a 10,000-row scan in 10-50 ms) are the only reference: no library does this.
+
+Simulated day (a preview of the memory the stages would save; recall needs the tiered
+search and is not measured here): ``--qps`` queries per second drawn Zipf(s = 1.1) from the
+real query set of fashion-mnist, glove-50-angular and debian-minilm, each accessing its exact
+top-10 rows (what an all-Adult index returns), folded and planned every 10 simulated minutes
+for 24 hours under each preset. RAM per row is counted as codes only: 4 d bytes Adult, d bytes
+Nymph (SQ8), ceil(bits d / 8) bytes Larval; the reduction is against all rows Adult.
 """
 
 from __future__ import annotations
@@ -43,6 +50,7 @@ from tidepool_cli.engine.metamorph import ADULT, NYMPH, RowMeta, apply, fold, ma
 from tidepool_cli.storage.coldstore import ColdStore, write_coldstore  # noqa: E402
 from _common import load, timed  # noqa: E402
 
+DAY_SETS = ["fashion-mnist", "glove-50-angular", "debian-minilm"]
 SETS = ["siftsmall", "fashion-mnist", "glove-50-angular", "debian-minilm"]
 VARIANTS = [  # (name, level, shuffle, dictionary)
     ("plain", 3, False, False),
@@ -52,6 +60,7 @@ VARIANTS = [  # (name, level, shuffle, dictionary)
     ("shuffle+dict-L19", 19, True, None),
 ]
 NOW = 1_700_006_400
+RUN = 600
 
 
 def bench_coldstore(name: str, rows: int, repeats: int, tmp: Path) -> dict:
@@ -126,7 +135,44 @@ def bench_planning(repeats: int) -> dict:
     }
 
 
-def print_table(cold: list[dict], planning: dict) -> None:
+def ram_bytes(meta: RowMeta, d: int) -> int:
+    """Bytes of the stage representations in RAM (codes only, see the module notes)."""
+    stage, bits = np.asarray(meta.stage), np.asarray(meta.larval_bits).astype(np.int64)
+    larval = -(-(bits * d) // 8)
+    return int(np.where(stage == ADULT, 4 * d, np.where(stage == NYMPH, d, larval)).sum())
+
+
+def simulate_day(name: str, qps: int, seed: int = 0) -> list[dict]:
+    xb, _, gt, _, _ = load(name)
+    n, d = xb.shape
+    nq = gt.shape[0]
+    rng = np.random.default_rng(seed)
+    weights = 1.0 / np.arange(1, nq + 1) ** 1.1
+    popular = rng.permutation(nq)  # which query has which Zipf rank
+    per_run = RUN * qps
+    draws = [(popular[rng.choice(nq, per_run, p=weights / weights.sum())], rng.integers(0, RUN, per_run)) for _ in range(24 * 6)]
+    out = []
+    for preset in ("conservative", "balanced", "aggressive"):
+        pol = make_policy(preset)
+        meta, moved, series = new_rows(n, NOW), 0, []
+        for run, (q, offset) in enumerate(draws):
+            start = NOW + run * RUN
+            rows = gt[q, :10].reshape(-1)
+            meta = fold(meta, rows, np.repeat(start + offset, 10), pol)
+            p = plan(meta, pol, start + RUN)
+            meta = apply(meta, p, pol)
+            moved += len(p)
+            series.append(1 - ram_bytes(meta, d) / (4 * d * n))
+        counts = meta.stage_counts()
+        out.append({"dataset": name, "policy": preset, "rows": n, "queries": per_run * len(draws),
+                    "final_stage_share": {k: v / n for k, v in counts.items()},
+                    "ram_reduction_final": series[-1], "ram_reduction_min_after_1h": min(series[6:]),
+                    "rows_ever_accessed": int(np.count_nonzero(meta.access_count)), "transitions": moved,
+                    "ram_reduction_series": series})
+    return out
+
+
+def print_table(cold: list[dict], planning: dict, day: list[dict]) -> None:
     names = ["zstd-whole"] + [v[0] for v in VARIANTS]
     print(f"{'data set':18s} {'B/vec raw':>9s} " + " ".join(f"{n:>17s}" for n in names))
     for r in cold:
@@ -145,18 +191,26 @@ def print_table(cold: list[dict], planning: dict) -> None:
     print(f"bounded plan (10,000 of {p['transitions']:,} due): {p['bounded_10k_seconds']:.3f} s")
     print(f"quiet scan of {p['rows']:,} rows: {p['quiet_scan_seconds']:.3f} s, {p['quiet_scan_transitions']} transitions (bar 1 s; seed 1-5 s)")
     print(f"fold: {p['fold_records_per_s']:,.0f} access records/s")
+    print()
+    print(f"{'data set':18s} {'policy':13s} {'adult':>7s} {'nymph':>7s} {'larval':>7s} {'RAM saved 24h':>13s} {'min after 1h':>12s} {'accessed':>9s} {'moves':>8s}")
+    for r in day:
+        sh = r["final_stage_share"]
+        print(f"{r['dataset']:18s} {r['policy']:13s} {sh['adult']:7.2%} {sh['nymph']:7.2%} {sh['larval']:7.2%} "
+              f"{r['ram_reduction_final']:13.2%} {r['ram_reduction_min_after_1h']:12.2%} {r['rows_ever_accessed']:9,d} {r['transitions']:8,d}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=20_000)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--qps", type=int, default=1, help="simulated queries per second")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "metamorph.json")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         cold = [bench_coldstore(name, args.rows, args.repeats, Path(tmp)) for name in SETS]
     planning = bench_planning(args.repeats)
-    print_table(cold, planning)
+    day = [r for name in DAY_SETS for r in simulate_day(name, args.qps)]
+    print_table(cold, planning, day)
     report = {
         "benchmark": "metamorph",
         "python": platform.python_version(),
@@ -170,6 +224,7 @@ def main() -> None:
         "time_unit": "seconds, median of repeats",
         "coldstore": cold,
         "planning": planning,
+        "simulated_day": {"qps": args.qps, "zipf_s": 1.1, "k": 10, "run_every_seconds": RUN, "results": day},
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.out.with_suffix(".json.tmp")
