@@ -251,9 +251,22 @@ COLUMN_DTYPES = {
 
 
 def new_rows(n: int, created: int, stage: int = ADULT, larval_bits: int = 0) -> RowMeta:
-    """Metadata of ``n`` new rows created at Unix second ``created``, never accessed.
+    """Metadata of ``n`` new rows, never accessed.
 
-    New rows enter as Adult (ingested vectors are f32 until a policy moves them).
+    Parameters
+    ----------
+    n : int
+        Rows.
+    created : int
+        Unix seconds of their creation (also their ``last_access`` and ``stage_since``).
+    stage : int
+        Initial stage; ingested rows enter as :data:`ADULT` (f32 until a policy moves them).
+    larval_bits : int
+        Bits of their codes if ``stage`` is :data:`LARVAL` (ignored otherwise).
+
+    Returns
+    -------
+    RowMeta
     """
     t = np.full(n, created, np.int64)
     return RowMeta(
@@ -271,7 +284,17 @@ def new_rows(n: int, created: int, stage: int = ADULT, larval_bits: int = 0) -> 
 
 
 def as_seconds(ts: np.ndarray) -> np.ndarray:
-    """Timestamps (float or int Unix seconds) as int64 seconds, rounded down."""
+    """Timestamps as int64 Unix seconds.
+
+    Parameters
+    ----------
+    ts : (m,) float or int
+        Unix seconds; floats (as access logs store them) are rounded down.
+
+    Returns
+    -------
+    (m,) int64
+    """
     ts = np.asarray(ts)
     return np.floor(ts).astype(np.int64) if ts.dtype.kind == "f" else ts.astype(np.int64)
 

@@ -201,14 +201,20 @@ class ColdStore:
         c: Container = open_container(path, where, KIND, VERSION, verify="small")
         m = c.meta
         self.where = where
-        self.rows, self.cols, self.block_rows = int(m["rows"]), int(m["cols"]), int(m["block_rows"])
-        self.dtype, self.shuffled, self.level = np.dtype(m["dtype"]), bool(m["shuffle"]), int(m["level"])
+        try:
+            self.rows, self.cols, self.block_rows = int(m["rows"]), int(m["cols"]), int(m["block_rows"])
+            self.dtype, self.shuffled, self.level = np.dtype(m["dtype"]), bool(m["shuffle"]), int(m["level"])
+            has_dict = bool(m["dictionary"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CorruptIndexError(f"{where}: cold store metadata is incomplete ({exc})") from None
+        if self.block_rows < 1:
+            raise CorruptIndexError(f"{where}: cold store metadata is incomplete (block_rows {self.block_rows})")
         self._offsets, self._crcs, self._blocks = c.array("offsets"), c.array("crcs"), c.array("blocks")
         self.blocks = -(-self.rows // self.block_rows)
         if self._offsets.shape[0] != self.blocks + 1 or self._crcs.shape[0] != self.blocks or int(self._offsets[-1]) != self._blocks.shape[0]:
             raise CorruptIndexError(f"{where}: block table does not match its {self.rows} rows")
         raw_dict = c.array("dict")
-        zdict = zstd.ZstdCompressionDict(bytes(raw_dict)) if m["dictionary"] else None
+        zdict = zstd.ZstdCompressionDict(bytes(raw_dict)) if has_dict else None
         self._dctx = zstd.ZstdDecompressor(dict_data=zdict) if zdict else zstd.ZstdDecompressor()
         self.compressed_bytes = int(self._blocks.shape[0] + raw_dict.shape[0])
 
