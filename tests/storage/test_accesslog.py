@@ -159,3 +159,24 @@ def test_recording_is_best_effort_when_the_directory_cannot_be_written(tmp_path)
     assert leftover.exists()  # young: its writer may be about to rename it
     collect_access_logs(stale, now=time.time() + 3600).release()
     assert not leftover.exists()
+
+
+def test_collected_records_fold_into_row_temperatures(tmp_path):
+    from tidepool_cli.engine.metamorph import ADULT, LARVAL, apply, fold, make_policy, new_rows, plan
+
+    day, pol = 1_700_006_400, make_policy("balanced")
+    d = tmp_path / "access"
+    with AccessRecorder(d) as rec:
+        for i in range(12):  # row 3 is hot: 12 accesses in one 2-minute window
+            rec.record("seg-000001", np.array([3, 7 * (i % 2)]), timestamp=day + 5.75 * i)
+        rec.record("seg-000002", np.array([1]), timestamp=day + 1)
+    meta = new_rows(10, day - 3600, stage=LARVAL, larval_bits=2)
+    with collect_access_logs(d) as batch:
+        rows, ts = batch.records.of("seg-000001")
+        meta = fold(meta, rows, ts, pol)
+        p = plan(meta, pol, day + 600)
+        meta = apply(meta, p, pol)
+        batch.remove()
+    assert p.counts() == {"larval->adult": 1, "larval->nymph": 2} and meta.stage[3] == ADULT  # rows 0 and 7 are warm
+    assert meta.access_count[[0, 3, 7]].tolist() == [6, 12, 6] and meta.last_access[3] == day + 63  # 5.75 * 11 rounded down
+    assert list(d.iterdir()) == []
