@@ -316,25 +316,39 @@ class Container:
         return bad
 
 
-def map_file(path: Path, where: str) -> np.ndarray:
+def map_file(path: Path, where: str, root: Path | None = None) -> np.ndarray:
     """Memory-map a whole file read-only as uint8.
+
+    Parameters
+    ----------
+    root : Path, optional
+        The index directory: the file must resolve to a regular file inside it.
 
     Raises
     ------
     CorruptIndexError
-        If the file is missing or empty (a published file never is).
+        The file is missing, empty (a published file never is), not a regular file, or
+        outside ``root``.
+    StorageIOError
+        The operating system refused the read.
     """
+    from tidepool_cli.storage.safe import read_error, regular_file
+
+    if regular_file(root if root is not None else path.parent, path, where).st_size == 0:
+        raise CorruptIndexError(f"{where}: empty file")
     try:
-        if path.stat().st_size == 0:
-            raise CorruptIndexError(f"{where}: empty file")
         return np.memmap(path, dtype=np.uint8, mode="r")
     except FileNotFoundError:
         raise CorruptIndexError(f"{where}: file is missing") from None
+    except OSError as exc:
+        raise read_error(exc, where) from None
 
 
-def open_container(path: Path, where: str, kind: bytes, max_version: int, *, known_flags: int = 0, verify: str = "small") -> Container:
-    """Open and check the container file at ``path`` (see :class:`Container`)."""
-    return Container(map_file(path, where), 0, where, kind, max_version, known_flags=known_flags, verify=verify)
+def open_container(
+    path: Path, where: str, kind: bytes, max_version: int, *, known_flags: int = 0, verify: str = "small", root: Path | None = None
+) -> Container:
+    """Open and check the container file at ``path`` (see :class:`Container` and :func:`map_file`)."""
+    return Container(map_file(path, where, root), 0, where, kind, max_version, known_flags=known_flags, verify=verify)
 
 
 def _as_parts(value: SectionInput) -> list[np.ndarray | Rows]:

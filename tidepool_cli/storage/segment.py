@@ -196,7 +196,7 @@ def open_ref(layout: Layout, ref: FileRef, kind: bytes, version: int, verify: st
         Written by a newer tidepool.
     """
     path: Path = layout.path(ref.path)
-    c = open_container(path, ref.path, kind, version, verify=verify)
+    c = open_container(path, ref.path, kind, version, verify=verify, root=layout.root)
     if c.header_crc != ref.crc32 or c.length != ref.bytes:
         raise CorruptIndexError(f"{ref.path}: is not the file the manifest references (checksum or size differs)")
     return c
