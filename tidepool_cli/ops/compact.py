@@ -34,6 +34,7 @@ from tidepool_cli.engine.columns import concat_columns
 from tidepool_cli.errors import ConflictError, CorruptIndexError
 from tidepool_cli.ops.progress import NULL_PROGRESS, Progress
 from tidepool_cli.ops.view import IndexView
+from tidepool_cli.storage.atomic import discard
 from tidepool_cli.storage.container import Rows
 from tidepool_cli.storage.gc import DEFAULT_GRACE_SECONDS
 from tidepool_cli.storage.lock import DEFAULT_LOCK_TIMEOUT
@@ -296,7 +297,7 @@ def _check_unchanged(base: Manifest, current: Manifest, touched: set[str]) -> No
 
 def _remove_new(layout, entries: list[SegmentEntry], updated: dict[str, SegmentEntry]) -> None:
     for e in entries:
-        layout.path(e.vectors.path).unlink(missing_ok=True)
+        discard(layout.path(e.vectors.path))
     for e in updated.values():
         if e.deletions:
-            layout.path(e.deletions.path).unlink(missing_ok=True)
+            discard(layout.path(e.deletions.path))

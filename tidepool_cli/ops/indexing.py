@@ -21,6 +21,7 @@ from typing import Any
 from tidepool_cli.errors import CorruptIndexError
 from tidepool_cli.ops.progress import NULL_PROGRESS, Progress
 from tidepool_cli.ops.view import IndexView
+from tidepool_cli.storage.atomic import discard
 from tidepool_cli.storage.manifest import FileRef, Manifest
 from tidepool_cli.storage.publish import publish
 from tidepool_cli.storage.segment import Segment
@@ -113,7 +114,7 @@ def build_indexes(
 
     def discard() -> None:
         for _, ref, _ in refs.values():
-            layout.path(ref.path).unlink(missing_ok=True)
+            discard(layout.path(ref.path))
 
     try:
         for seg in targets:
@@ -142,7 +143,7 @@ def build_indexes(
     done = publish(layout, f"build-{key}", lock_timeout, update, discard=discard)
     for name, (_, ref, _) in refs.items():
         if name not in attached:  # its segment was merged away meanwhile
-            layout.path(ref.path).unlink(missing_ok=True)
+            discard(layout.path(ref.path))
     built = sorted(attached)
     per = [{"name": n, "rows": refs[n][0].rows, "seconds": round(refs[n][2], 3), **refs[n][1].params} for n in built]
     dropped = sorted(set(refs) - attached)

@@ -94,11 +94,20 @@ def write_file(final: Path, fill: Callable[[BinaryIO], None] | bytes) -> int:
         publish_file(tmp, final)
         return size
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
+        discard(tmp)
         raise storage_error(exc, final) from exc
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        discard(tmp)
         raise
+
+
+def discard(path: Path) -> None:
+    """Remove an unpublished file if it exists; an error here (a read-only file system)
+    must not hide the error that made the caller give up, so it is ignored."""
+    try:
+        path.unlink(missing_ok=True)
+    except OSError:
+        pass
 
 
 def publish_file(tmp: Path, final: Path) -> None:

@@ -28,7 +28,7 @@ from typing import Any
 
 from tidepool_cli.errors import CorruptIndexError, IndexRecoveryWarning, UnsupportedFormatError
 from tidepool_cli.storage import sealed
-from tidepool_cli.storage.atomic import write_file
+from tidepool_cli.storage.atomic import discard, write_file
 from tidepool_cli.storage.layout import Layout
 from tidepool_cli.storage.safe import MANIFEST_LIMIT, check_rel, read_small
 
@@ -344,5 +344,5 @@ def write_manifest(layout: Layout, manifest: Manifest) -> None:
     try:
         write_file(layout.current_path, name + f" crc32:{zlib.crc32(name):08x}\n".encode())
     except BaseException:
-        path.unlink(missing_ok=True)  # never leave a newer manifest that recovery could pick
+        discard(path)  # never leave a newer manifest that recovery could pick
         raise

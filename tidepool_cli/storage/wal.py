@@ -35,7 +35,7 @@ from pathlib import Path
 
 from tidepool_cli.errors import CorruptIndexError
 from tidepool_cli.storage import sealed
-from tidepool_cli.storage.atomic import fault_point, fsync_dir, publish_file, storage_error, tmp_path, write_file
+from tidepool_cli.storage.atomic import discard, fault_point, fsync_dir, publish_file, storage_error, tmp_path, write_file
 from tidepool_cli.storage.container import Container, map_file, write_container_to
 from tidepool_cli.storage.layout import Layout
 from tidepool_cli.storage.manifest import Manifest, read_current
@@ -316,8 +316,11 @@ class WalWriter:
                 write_file(self.layout.wal_dir / LEDGER_NAME, sealed.seal({"format": LEDGER_FORMAT, **facts.to_dict()}))
             except BaseException:
                 # Not acknowledged: take the file back so the ledger and the WAL agree.
-                final.unlink(missing_ok=True)
-                fsync_dir(self.layout.wal_dir)
+                discard(final)
+                try:
+                    fsync_dir(self.layout.wal_dir)
+                except OSError:
+                    pass
                 raise
         self.tmp = None
         return seq
@@ -325,6 +328,9 @@ class WalWriter:
     def abort(self) -> None:
         """Discard the unpublished file (no-op after :meth:`publish`)."""
         if self.tmp is not None:
-            self._file.close()
-            self.tmp.unlink(missing_ok=True)
+            try:
+                self._file.close()
+            except OSError:
+                pass
+            discard(self.tmp)
             self.tmp = None
