@@ -95,6 +95,16 @@ def test_disk_full_during_ingest_compact_and_build_leaves_the_index_as_it_was(tm
     assert snapshot(idx) == before
     one_error_line(tidepool("build-hnsw", idx, "--min-rows", "0"), 10, "no space left")
     assert snapshot(idx) == before
+    with open(filler, "ab", buffering=0) as f:  # now the disk is full to the last block
+        try:
+            while True:
+                f.write(b"\0" * 4096)
+        except OSError:
+            pass
+    np.save(tmp_path / "two.npy", np.ones((2, 64), np.float32))
+    one_error_line(tidepool("ingest", idx, "--input", tmp_path / "two.npy"), 10, "no space left")
+    one_error_line(tidepool("delete", idx, "--id", "5"), 10, "no space left")
+    assert snapshot(idx) == before
     filler.unlink()
     assert stats(idx, verify=True).problems == []
     assert compact(idx).changed
