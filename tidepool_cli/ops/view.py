@@ -18,7 +18,7 @@ import numpy as np
 from tidepool_cli.engine.columns import Column, concat_columns, merge_kinds
 from tidepool_cli.engine.distances import sqnorms
 from tidepool_cli.errors import CorruptIndexError
-from tidepool_cli.storage.layout import IndexSettings, Layout, open_index_dir
+from tidepool_cli.storage.layout import open_index_dir
 from tidepool_cli.storage.manifest import Manifest, read_current
 from tidepool_cli.storage.segment import Segment
 from tidepool_cli.storage.wal import WalRecord, pending_records
@@ -248,8 +248,3 @@ def count_rows(sources: list[Source]) -> ViewCounts:
         counts.live += live
         counts.dead += s.rows - live
     return counts
-
-
-def open_layout(root: str | Path) -> tuple[Layout, IndexSettings]:
-    """Layout and settings of an existing index (re-exported for ops modules)."""
-    return open_index_dir(Path(root))
