@@ -271,13 +271,21 @@ class Container:
         self.sections: dict[str, Section] = {}
         for i in range(n_sections):
             name, dt, sflags, off, nbytes, rows, cols, scrc = ENTRY.unpack_from(head, HEADER.size + ENTRY.size * i)
-            dtype = np.dtype(dt.rstrip(b"\0").decode())
+            try:
+                dtype = np.dtype(dt.rstrip(b"\0").decode("ascii"))
+            except (TypeError, ValueError):
+                raise CorruptIndexError(f"{where}: section table entry {i} has an invalid dtype") from None
             shape = (rows, cols) if cols else (rows,)
             if off < data_start or off + nbytes > length or rows * max(cols, 1) * dtype.itemsize != nbytes:
                 raise CorruptIndexError(f"{where}: section table entry {i} is inconsistent")
-            sec = Section(name.rstrip(b"\0").decode(), dtype, shape, off, nbytes, scrc, bool(sflags & SECTION_BULK))
+            sec = Section(name.rstrip(b"\0").decode("ascii", errors="replace"), dtype, shape, off, nbytes, scrc, bool(sflags & SECTION_BULK))
             self.sections[sec.name] = sec
-        self.meta: dict[str, Any] = json.loads(head[HEADER.size + ENTRY.size * n_sections :])
+        try:
+            self.meta: dict[str, Any] = json.loads(head[HEADER.size + ENTRY.size * n_sections :])
+        except (ValueError, RecursionError):
+            raise CorruptIndexError(f"{where}: metadata is not valid JSON") from None
+        if not isinstance(self.meta, dict):
+            raise CorruptIndexError(f"{where}: metadata is not a JSON object")
         self._buf, self._start = buf, start
         if verify != "header":
             bad = self.damaged_sections(include_bulk=verify == "all")

@@ -264,7 +264,7 @@ class Manifest:
                 obsolete=tuple((check_rel(o["path"], where), float(o["since_unix"])) for o in d["obsolete"]),
                 created_unix=float(d["created_unix"]),
             )
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise CorruptIndexError(f"{where}: malformed manifest ({exc!r})") from None
 
 
