@@ -112,7 +112,7 @@ def build_indexes(
     targets = [s for s in view.segments if s.rows >= min_rows and (force or key not in s.entry.indexes or s.name in damaged)]
     refs: dict[str, tuple[Segment, FileRef, float]] = {}
 
-    def discard() -> None:
+    def remove_new() -> None:
         for _, ref, _ in refs.values():
             discard(layout.path(ref.path))
 
@@ -121,7 +121,7 @@ def build_indexes(
             ts = time.perf_counter()
             refs[seg.name] = (seg, build(seg, view.settings.metric, progress), time.perf_counter() - ts)
     except BaseException:
-        discard()
+        remove_new()
         raise
     if not refs:
         return BuildResult(str(index), key, [], small, already, [], view.manifest.generation, time.perf_counter() - t0)
@@ -140,7 +140,7 @@ def build_indexes(
             segments.append(entry)
         return {"segments": tuple(segments), "obsolete": tuple(obsolete)} if attached else None
 
-    done = publish(layout, f"build-{key}", lock_timeout, update, discard=discard)
+    done = publish(layout, f"build-{key}", lock_timeout, update, discard=remove_new)
     for name, (_, ref, _) in refs.items():
         if name not in attached:  # its segment was merged away meanwhile
             discard(layout.path(ref.path))

@@ -21,6 +21,8 @@ from tidepool_cli.storage.layout import Layout
 from tidepool_cli.storage.manifest import Manifest
 from tidepool_cli.storage.owner import owner_alive, owner_of
 from tidepool_cli.storage.safe import inside
+from tidepool_cli.storage.segment import DELETIONS_SUFFIX, SEGMENT_SUFFIX
+from tidepool_cli.storage.sidecars import SIDECARS
 from tidepool_cli.storage.wal import LEDGER_NAME, list_wal
 
 PROTECTED = frozenset({"tidepool.json", "CURRENT", "LOCK", f"wal/{LEDGER_NAME}"})
@@ -113,9 +115,13 @@ def _index_files(layout: Layout) -> list[Path]:
 
 
 def _is_leftover(layout: Layout, manifest: Manifest, path: Path, applied_wal: set[Path]) -> bool:
-    """Unreferenced files a crash can leave behind: segment files, applied WAL files, old manifests."""
+    """Unreferenced files a crash can leave behind: segment files, applied WAL files, old manifests.
+
+    In ``segments/`` only files of a kind tidepool writes (segments, deletion vectors,
+    registered sidecar kinds) are candidates; anything else there is left alone.
+    """
     if path.parent == layout.segments_dir:
-        return True
+        return path.suffix[1:] in {SEGMENT_SUFFIX, DELETIONS_SUFFIX, *(k.suffix for k in SIDECARS.values())}
     if path.parent == layout.wal_dir:
         return path in applied_wal
     return path.name.startswith("manifest-") and path.name != layout.manifest_path(manifest.generation).name
