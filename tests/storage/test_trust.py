@@ -163,3 +163,18 @@ def test_a_build_repairs_a_missing_or_damaged_sidecar_without_force(tmp_path, ho
     assert res.built == ["seg-000001"] and res.repaired == ["seg-000001"]
     assert stats(idx, verify=True).problems == []
     assert build_hnsw(idx, min_rows=0).built == []  # intact now: nothing to do
+
+
+def test_recovery_skips_damaged_manifests_and_manifests_with_missing_files(tmp_path):
+    idx = make_index(tmp_path, wal_files=1)
+    compact(idx)  # generation 2; generation 1 and its files stay for the grace period
+    names = sorted(p.name for p in idx.glob("manifest-*.json"))
+    assert names == ["manifest-000001.json", "manifest-000002.json"]
+    flip(idx / names[1], 30)
+    (idx / "CURRENT").unlink()
+    with pytest.warns(IndexRecoveryWarning, match=names[0]):
+        assert read_current(Layout(idx)).generation == 1
+    seg = idx / json.loads((idx / names[0]).read_text())["segments"][0]["vectors"]["path"]
+    os.rename(seg, seg.with_suffix(".moved"))  # generation 1's segment is gone too
+    with pytest.raises(CorruptIndexError, match="no manifest passes"):
+        read_current(Layout(idx))

@@ -16,8 +16,9 @@ from tidepool_cli.storage.segment import DELETIONS_KIND, DELETIONS_VERSION, SEGM
 from tidepool_cli.storage.sidecars import SIDECARS, check_sidecar
 from tidepool_cli.storage.wal import LEDGER_NAME, check_sequence, list_wal, read_wal_file
 
-FILE_KINDS = ("vectors", "deletions", *SIDECARS, "wal", "metadata", "obsolete", "temporary")
-"""Kinds of ``bytes_by_kind``: one per registered sidecar kind among them."""
+def file_kinds() -> tuple[str, ...]:
+    """Kinds of ``bytes_by_kind``: one per registered sidecar kind among them."""
+    return ("vectors", "deletions", *SIDECARS, "wal", "metadata", "obsolete", "temporary")
 
 
 @dataclass(frozen=True)
@@ -229,7 +230,7 @@ def _size(path: Path) -> int:
 
 def _bytes_by_kind(layout: Layout, manifest: Manifest) -> dict[str, int]:
     """Bytes on disk per kind of file; unreferenced files count as obsolete."""
-    out = dict.fromkeys(FILE_KINDS, 0)
+    out = dict.fromkeys(file_kinds(), 0)
     referenced = {}
     for e in manifest.segments:
         referenced[e.vectors.path] = "vectors"

@@ -274,7 +274,8 @@ def read_current(layout: Layout) -> Manifest:
     Retries when a garbage collector removed the named manifest between the two reads
     (possible only for a reader stalled longer than the grace period). A missing or
     damaged CURRENT next to existing manifests is recovered: the newest manifest whose
-    checksum holds is used, with an :class:`~tidepool_cli.errors.IndexRecoveryWarning`.
+    checksum holds and whose files are all present with their recorded sizes is used,
+    with an :class:`~tidepool_cli.errors.IndexRecoveryWarning`.
 
     Raises
     ------
@@ -330,10 +331,22 @@ def _recover(layout: Layout, problem: str) -> Manifest:
             manifest = _load(layout, name)
         except CorruptIndexError:
             continue
-        if manifest is not None:
+        if manifest is not None and _files_present(layout, manifest):
             warnings.warn(IndexRecoveryWarning(f"{layout.root}: {problem}; using {name}, the newest intact manifest"), stacklevel=2)
             return manifest
     raise CorruptIndexError(f"{layout.current_path}: {problem.removeprefix('CURRENT ')} and no manifest passes its checksum")
+
+
+def _files_present(layout: Layout, manifest: Manifest) -> bool:
+    """True if every file ``manifest`` references exists with its recorded size."""
+    for seg in manifest.segments:
+        for ref in seg.files():
+            try:
+                if os.stat(layout.path(ref.path)).st_size != ref.bytes:
+                    return False
+            except (OSError, CorruptIndexError):
+                return False
+    return True
 
 
 def write_manifest(layout: Layout, manifest: Manifest) -> None:

@@ -20,9 +20,10 @@ Sidecar kinds come from one registry, :data:`SIDECARS`: each :class:`SidecarKind
 its manifest key, file suffix, four-character container code, layout version, reader and
 writer. ``stats``, the builds, garbage collection, verification and the planner all read
 it, so adding a kind (a quantizer's codes, a Vamana graph, a tier store) is one
-:func:`register` call next to its reader and writer. Each registered kind is also a
-manifest reader feature ``sidecar.<key>``: a tidepool that does not know a kind refuses
-an index that uses it (exit 8) instead of misreading it.
+:func:`register` call next to its reader and writer (in this module, or in a module this
+one imports, so that every reader of a manifest knows it). Each registered kind is also
+a manifest reader feature ``sidecar.<key>``: a tidepool that does not know a kind
+refuses an index that uses it (exit 8) instead of misreading it.
 """
 
 from __future__ import annotations
