@@ -178,3 +178,12 @@ def test_recovery_skips_damaged_manifests_and_manifests_with_missing_files(tmp_p
     os.rename(seg, seg.with_suffix(".moved"))  # generation 1's segment is gone too
     with pytest.raises(CorruptIndexError, match="no manifest passes"):
         read_current(Layout(idx))
+
+
+def test_stats_shows_attributes_still_in_the_wal(tmp_path):
+    idx = tmp_path / "idx"
+    from tidepool_cli.ops.ingest import ingest
+
+    (tmp_path / "a.jsonl").write_text('{"vector": [1, 2], "attributes": {"color": "red", "n": 3}}\n')
+    ingest(idx, tmp_path / "a.jsonl")
+    assert stats(idx).attributes == {"color": "string", "n": "int"}

@@ -141,7 +141,7 @@ def stats(index: str | Path, *, verify: bool = False) -> StatsResult:
         by_kind,
         total,
         round(kept / live, 2) if live else None,
-        dict(manifest.schema),
+        dict(view.schema) if view is not None else dict(manifest.schema),
         _index_totals(manifest),
         verify,
         problems,
