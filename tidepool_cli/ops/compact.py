@@ -188,7 +188,11 @@ def compact(
     if not tail.records and not groups and not dropped and not newly_dead:
         done = publish(layout, "compact", lock_timeout, lambda current: None, grace=grace)
         current, gc = done.manifest, done.gc
-        return CompactResult(str(index), False, current.generation, 0, 0, 0, 0, len(current.segments), gc.files, gc.bytes, time.perf_counter() - t0)
+        return CompactResult(
+            index=str(index), changed=False, generation=current.generation, wal_files=0, rows_written=0, rows_deleted=0,
+            segments_merged=0, segments=len(current.segments), files_removed=gc.files, bytes_freed=gc.bytes,
+            seconds=time.perf_counter() - t0,
+        )
 
     next_segment = base.next_segment
     new_entries: list[SegmentEntry] = []
@@ -230,17 +234,17 @@ def compact(
     done = publish(layout, "compact", lock_timeout, update, discard=lambda: _remove_new(layout, new_entries, updated), grace=grace)
     new, gc = done.manifest, done.gc
     return CompactResult(
-        str(index),
-        True,
-        new.generation,
-        len({r.seq for r in tail.records}),
-        rows_written,
-        rows_deleted,
-        sum(1 for g in groups for n in g if n != "wal") + len(dropped),
-        len(new.segments),
-        gc.files,
-        gc.bytes,
-        time.perf_counter() - t0,
+        index=str(index),
+        changed=True,
+        generation=new.generation,
+        wal_files=len({r.seq for r in tail.records}),
+        rows_written=rows_written,
+        rows_deleted=rows_deleted,
+        segments_merged=sum(1 for g in groups for n in g if n != "wal") + len(dropped),
+        segments=len(new.segments),
+        files_removed=gc.files,
+        bytes_freed=gc.bytes,
+        seconds=time.perf_counter() - t0,
     )
 
 
