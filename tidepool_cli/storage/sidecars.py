@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from tidepool_cli.errors import CorruptIndexError
+from tidepool_cli.errors import CorruptIndexError, UnsupportedFormatError
 from tidepool_cli.storage.container import Container, write_container
 from tidepool_cli.storage.layout import Layout
 from tidepool_cli.storage.manifest import FileRef, SegmentEntry, register_feature
@@ -124,7 +124,7 @@ def write_hnsw(layout: Layout, entry: SegmentEntry, graph: "HnswGraph", params: 
     for lvl, (nodes, nb) in enumerate(zip(graph.upper_nodes, graph.upper_neighbors), start=1):
         sections[f"upper.{lvl}.nodes"] = nodes
         sections[f"upper.{lvl}.neighbors"] = nb
-    return _write(layout, entry, SIDECARS["hnsw"], meta, sections, (), params)
+    return _write(layout, entry, SIDECARS["hnsw"], meta, sections, params)
 
 
 def read_hnsw(c: Container) -> "HnswGraph":
@@ -155,7 +155,7 @@ def write_ivf(layout: Layout, entry: SegmentEntry, index: "IvfIndex", params: di
         "crcs": np.asarray(index.crcs, np.uint32),
         "blob": np.asarray(index.blob, np.uint8),
     }
-    return _write(layout, entry, SIDECARS["ivf"], meta, sections, ("blob",), params)
+    return _write(layout, entry, SIDECARS["ivf"], meta, sections, params)
 
 
 def read_ivf(c: Container) -> "IvfIndex":
@@ -193,8 +193,6 @@ def open_sidecar(layout: Layout, entry: SegmentEntry, key: str, verify: str = "s
     UnsupportedFormatError
         Written by a newer tidepool, or a kind this tidepool does not know.
     """
-    from tidepool_cli.errors import UnsupportedFormatError
-
     kind = SIDECARS.get(key)
     if kind is None:
         raise UnsupportedFormatError(f"segment {entry.name}: sidecar kind {key!r} is unknown to this tidepool; upgrade tidepool")
@@ -218,7 +216,7 @@ def check_sidecar(layout: Layout, entry: SegmentEntry, key: str, verify: str = "
     return c
 
 
-def _write(layout, entry, kind: SidecarKind, meta, sections, bulk, params) -> FileRef:
+def _write(layout, entry, kind: SidecarKind, meta, sections, params) -> FileRef:
     path = layout.new_segment_file(entry.name, kind.suffix)
-    nbytes, crc = write_container(path, kind.code, kind.version, meta, sections, bulk=bulk)
+    nbytes, crc = write_container(path, kind.code, kind.version, meta, sections, bulk=kind.bulk)
     return FileRef(layout.rel(path), nbytes, crc, params)
