@@ -215,19 +215,11 @@ def smallest_k(vals: np.ndarray, k: int, tie: np.ndarray | None = None) -> tuple
     return cols, np.take_along_axis(vals, cols, axis=1)
 
 
-def kth_smallest(vals: np.ndarray, k: int) -> np.ndarray:
-    """(r,) the k-th smallest value of every row of (r, c) ``vals`` (+inf when c < k)."""
-    r, c = vals.shape
-    if c < k or k < 1:
-        return np.full(r, np.inf, dtype=vals.dtype)
-    return np.partition(vals, k - 1, axis=1)[:, k - 1]
-
-
 def tie_aware_mask(
-    vals: np.ndarray, m: int, k: int, slack: Slack, rows: np.ndarray | slice = slice(None), tie: np.ndarray | None = None
+    vals: np.ndarray, m: int, k: int, slack: Slack, rows: np.ndarray | slice = slice(None), loose: bool = False
 ) -> np.ndarray:
-    """Mask of a tie-aware cut: the m smallest of each row, and every entry within the
-    error bound of the row's k-th smallest (``k <= m``).
+    """Mask of a tie-aware cut: the m smallest finite entries of each row (all of those
+    equal to the m-th), and every entry within the error bound of the row's k-th smallest.
 
     Parameters
     ----------
@@ -236,22 +228,27 @@ def tie_aware_mask(
     m : int
         Entries kept at least (spare candidates), ``m >= 1``.
     k : int
-        Rank whose score sets the bound (the number of results asked for).
+        Rank whose score sets the bound (the number of results asked for), ``k <= m``.
     slack : Slack
     rows : (r,) int or slice
         The queries of ``slack`` the rows belong to.
-    tie : (r, c) int, optional
-        Tie-break keys of the m smallest.
+    loose : bool
+        Use :meth:`Slack.loose_limit` (cheaper, keeps a superset).
 
     Returns
     -------
     (r, c) bool
     """
-    mask = smallest_mask(vals, m, tie)
-    lim = slack.limit(kth_smallest(vals, min(k, m)), rows)
-    mask |= vals <= lim[:, None]
-    mask &= vals < np.inf
-    return mask
+    r, c = vals.shape
+    k = min(k, m)
+    if k > c:
+        return vals < np.inf
+    kths = sorted({k - 1, min(m, c) - 1})
+    part = np.partition(vals, kths, axis=1)
+    level = part[:, k - 1]
+    lim = slack.loose_limit(level, rows) if loose else slack.limit(level, rows)
+    lim = np.maximum(lim, part[:, min(m, c) - 1])
+    return (vals <= lim[:, None]) & (vals < np.inf)
 
 
 def stable_order(keys: np.ndarray, bound: int) -> np.ndarray:
