@@ -138,8 +138,9 @@ class Slack:
         For the bounds a scan applies list by list, where :meth:`limit`'s dozen small
         numpy calls would cost more than the comparison they serve. With
         ``u = v + |q|^2 >= 0`` the l2 scale ``7|q|^2 + 2u + 8|q| sqrt(u)`` is at most
-        ``11|q|^2 + 6u`` (as ``8ab <= 4a^2 + 4b^2``), a line in ``v``; cosine and dot
-        slacks do not depend on ``v`` at all.
+        ``11|q|^2 + 6u`` (as ``8ab <= 4a^2 + 4b^2``), a line in ``v``; the loose limit is
+        the fixed point of ``L = v + slack_line(L)``. Cosine and dot slacks do not
+        depend on ``v`` at all.
 
         Returns
         -------
@@ -148,8 +149,10 @@ class Slack:
         if self._linear is None:
             c = SLACK_TERMS * self.g
             if self.metric == "l2":
-                grow = 1.0 + 6.0 * c  # covers the second evaluation inside limit()
-                self._linear = (1.0 + 6.0 * c * grow, 17.0 * c * grow * self.qn**2)
+                # The fixed point L = v + c (17 |q|^2 + 6 L): L bounds the slack of a
+                # score anywhere up to L itself, which limit() relies on.
+                grow = 1.0 / (1.0 - 6.0 * c)
+                self._linear = (grow, 17.0 * c * grow * self.qn**2)
             else:
                 self._linear = (1.0, self(np.zeros(self.qn.shape)))
         slope, offset = self._linear
@@ -158,8 +161,8 @@ class Slack:
     def limit(self, level: np.ndarray, rows: np.ndarray | slice = slice(None)) -> np.ndarray:
         """``level + slack(level)`` as (r,) float64: the largest score a cut must keep."""
         v = np.asarray(level, dtype=np.float64)
-        # The bound of a score near the limit, not at the level (l2 norms grow with it).
-        return v + self(v + self(v, rows), rows)
+        # The bound of a score up to the limit, not at the level (l2 norms grow with it).
+        return v + self(self.loose_limit(v, rows), rows)
 
 
 def smallest_mask(vals: np.ndarray, m: int, tie: np.ndarray | None = None) -> np.ndarray:
