@@ -28,11 +28,17 @@ from dataclasses import dataclass
 import numpy as np
 
 from tidepool_cli.engine.distances import check_metric, sqnorms
+from tidepool_cli.engine.order import SLACK_TERMS, gamma
 from tidepool_cli.errors import InvalidInputError
 
-FP_RTOL = 2e-6
-"""Relative float32 rounding allowance added to every error bound, so that a row within
-rounding of the cut is kept whatever BLAS computed the estimate."""
+def fp_rtol(d: int) -> float:
+    """Relative float32 rounding allowance added to every error bound (of d-term products).
+
+    :data:`~tidepool_cli.engine.order.SLACK_TERMS` times Higham's ``gamma_(d+2)``
+    (:func:`tidepool_cli.engine.order.gamma`): a row within rounding of the cut is kept
+    whatever BLAS, summation order or block layout computed its estimate.
+    """
+    return SLACK_TERMS * gamma(d + 2)
 
 CALIBRATION_QUANTILE = 0.999
 """Fraction of held-out (query, row) pairs a calibrated error bound must cover."""
@@ -135,7 +141,7 @@ def sample_rows(x: np.ndarray, n: int, seed: int) -> np.ndarray:
     return np.ascontiguousarray(x[idx], dtype=np.float32)
 
 
-def ip_to_distance(ip_est: np.ndarray, ip_err: np.ndarray, q_sqnorm: np.ndarray, x_sqnorm: np.ndarray, metric: str):
+def ip_to_distance(ip_est: np.ndarray, ip_err: np.ndarray, q_sqnorm: np.ndarray, x_sqnorm: np.ndarray, metric: str, d: int):
     """Turn an inner-product estimate and its bound into a distance estimate and bound.
 
     Parameters
@@ -146,6 +152,8 @@ def ip_to_distance(ip_est: np.ndarray, ip_err: np.ndarray, q_sqnorm: np.ndarray,
     x_sqnorm : (b,) float32
         Exact squared norms (l2 only).
     metric : {"l2", "cosine", "dot"}
+    d : int
+        Terms of the inner products (for the rounding allowance :func:`fp_rtol`).
 
     Returns
     -------
@@ -154,9 +162,9 @@ def ip_to_distance(ip_est: np.ndarray, ip_err: np.ndarray, q_sqnorm: np.ndarray,
     """
     if metric == "l2":
         est = q_sqnorm[:, None] + x_sqnorm[None, :] - 2.0 * ip_est
-        err = 2.0 * ip_err + FP_RTOL * (q_sqnorm[:, None] + x_sqnorm[None, :])
+        err = 2.0 * ip_err + fp_rtol(d) * (q_sqnorm[:, None] + x_sqnorm[None, :])
         return est, err
-    slack = FP_RTOL * np.sqrt(q_sqnorm)[:, None] * np.sqrt(x_sqnorm)[None, :]
+    slack = fp_rtol(d) * np.sqrt(q_sqnorm)[:, None] * np.sqrt(x_sqnorm)[None, :]
     return (1.0 - ip_est if metric == "cosine" else -ip_est), ip_err + slack
 
 
@@ -223,7 +231,7 @@ class ReconstructionQuantizer(Quantizer):
         factors = np.asarray(factors, dtype=np.float32)
         ip = self._ip(qs["qc"], qs["extra"], np.asarray(codes)) + factors[:, 0][None, :]
         err = (self.eps / math.sqrt(self.d)) * qs["qc_norm"][:, None] * factors[:, 2][None, :]
-        return ip_to_distance(ip, err, qs["q_sqnorm"], factors[:, 1], self.metric)
+        return ip_to_distance(ip, err, qs["q_sqnorm"], factors[:, 1], self.metric, self.d)
 
     def calibrate(self, sample: np.ndarray, seed: int) -> float:
         """Set and return ``eps``: the :data:`CALIBRATION_QUANTILE` of ``|<q-mu, e>| sqrt(d) / (|q-mu| |e|)``.

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tidepool_cli.engine.quantize._common import ReconstructionQuantizer, check_train_input, sample_rows
+from tidepool_cli.engine.quantize._common import ReconstructionQuantizer, check_train_input, fp_rtol, sample_rows
 from tidepool_cli.errors import InvalidInputError
 
 F16_MAX = float(np.finfo(np.float16).max)
@@ -97,11 +97,12 @@ def pair_distances(xq: np.ndarray, rows16: np.ndarray, metric: str) -> tuple[np.
     xn = np.sqrt(np.einsum("pd,pd->p", xh, xh)) / (1.0 - UNIT_ROUNDOFF)
     qn = np.sqrt(np.einsum("pd,pd->p", xq, xq))
     en = UNIT_ROUNDOFF * xn
+    rt = fp_rtol(xq.shape[1])
     if metric == "l2":
         diff = xq - xh
         est = np.einsum("pd,pd->p", diff, diff)
-        err = en * (2.0 * np.sqrt(est) + en) + 2e-6 * (est + qn * xn)
+        err = en * (2.0 * np.sqrt(est) + en) + rt * (est + qn * xn)
         return est, err
     ip = np.einsum("pd,pd->p", xq, xh)
-    err = en * qn + 2e-6 * qn * xn
+    err = en * qn + rt * qn * xn
     return (1.0 - ip if metric == "cosine" else -ip), err

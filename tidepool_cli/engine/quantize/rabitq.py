@@ -51,7 +51,7 @@ import numpy as np
 
 from tidepool_cli.engine.distances import sqnorms
 from tidepool_cli.engine.quantize._common import (
-    ENCODE_BLOCK, FP_RTOL, N_FACTORS, Encoded, Quantizer, check_train_input, sample_rows,
+    ENCODE_BLOCK, N_FACTORS, Encoded, Quantizer, check_train_input, fp_rtol, sample_rows,
 )
 from tidepool_cli.errors import InvalidInputError
 
@@ -200,12 +200,13 @@ class RaBitQuantizer(Quantizer):
         yq = qs["qr"] @ self.unpack(codes).T - cb * qs["qsum"][:, None]  # <yh, P^T (q - c)>
         cross = yq * f[:, 1][None, :]  # estimate of <x - c, q - c>
         # Rounding: |<y, q'>| <= |y| |q'| with |y| <= (2^B - 1) sqrt(D), rescaled.
-        fp = FP_RTOL * 16 * ((1 << self.nbits) - 1) * math.sqrt(self.D) * f[:, 1][None, :] * qs["qcn"][:, None]
+        rt = fp_rtol(self.D)
+        fp = rt * ((1 << self.nbits) - 1) * math.sqrt(self.D) * f[:, 1][None, :] * qs["qcn"][:, None]
         err = (self.epsilon0 / math.sqrt(self.D - 1)) * f[:, 2][None, :] * qs["qcn"][:, None] + fp
         if self.metric == "l2":
             q2 = qs["qcn"] ** 2
             est = f[:, 0][None, :] + q2[:, None] - 2.0 * cross
-            return est, 2.0 * err + FP_RTOL * (f[:, 0][None, :] + q2[:, None])
+            return est, 2.0 * err + rt * (f[:, 0][None, :] + q2[:, None])
         ip = cross + f[:, 0][None, :] + qs["qc_dot"][:, None]
         return (1.0 - ip if self.metric == "cosine" else -ip), err
 
