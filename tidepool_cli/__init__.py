@@ -14,7 +14,7 @@ The Python API mirrors the subcommands: one function per subcommand, named as it
     tp.count("idx", filter="price < 10").count
     tp.export("idx", "rows.parquet")
 
-ingest, delete, compact, build_hnsw, build_ivf, query, get, export, count, stats:
+ingest, delete, compact, build_hnsw, build_ivf, quantize, query, get, export, count, stats:
     the subcommands. query_file and Searcher: batched querying with one open snapshot.
 
 Functions are imported lazily so that ``tidepool --help`` starts fast.
@@ -30,6 +30,7 @@ _EXPORTS = {
     "compact": "tidepool_cli.ops.compact",
     "build_hnsw": "tidepool_cli.ops.build_hnsw",
     "build_ivf": "tidepool_cli.ops.build_ivf",
+    "quantize": "tidepool_cli.ops.quantize",
     "query": "tidepool_cli.api",
     "get": "tidepool_cli.ops.get",
     "export": "tidepool_cli.ops.export",

@@ -8,7 +8,7 @@ import typer
 from typer.core import TyperGroup, TyperOption
 
 from tidepool_cli import __version__
-from tidepool_cli.cli.commands import build, compact, count, delete, export, get, ingest, query, stats
+from tidepool_cli.cli.commands import build, compact, count, delete, export, get, ingest, quantize, query, stats
 from tidepool_cli.cli.output import Settings
 
 
@@ -63,7 +63,7 @@ def root(
     Settings.debug = debug or Settings.debug
 
 
-for module in (ingest, delete, compact, build, query, get, export, count, stats):
+for module in (ingest, delete, compact, build, quantize, query, get, export, count, stats):
     module.register(app)
 
 

@@ -16,6 +16,12 @@ nlist + 1), ``crcs`` (``<u4``, CRC-32 of each posting list's payload) and ``blob
 (``|u1``, the concatenated posting-list payloads of the ID codec, docs/IDCODEC.md). The
 blob is bulk: each probed list is checked against its own CRC when decoded.
 
+Quantized codes (kind ``QCOD``, key ``codes``): metadata ``{"segment", "rows",
+"quantizer"}`` where ``quantizer`` is the codec's JSON parameters; sections ``codes``
+(``|u1`` rows × code_bytes) and ``factors`` (``<f4`` rows × 3), both bulk, and the
+quantizer's trained arrays as ``q.<name>``. Every codes sidecar of an index carries the
+same quantizer (trained once per index), so compaction encodes new segments with it.
+
 Sidecar kinds come from one registry, :data:`SIDECARS`: each :class:`SidecarKind` names
 its manifest key, file suffix, four-character container code, layout version, reader and
 writer. ``stats``, the builds, garbage collection, verification and the planner all read
@@ -43,6 +49,7 @@ from tidepool_cli.storage.segment import open_ref
 if TYPE_CHECKING:  # the engine modules are imported only when a sidecar is read
     from tidepool_cli.engine.hnsw import HnswGraph
     from tidepool_cli.engine.ivf import IvfIndex
+    from tidepool_cli.engine.quantize import Quantizer
 
 
 @dataclass(frozen=True)
@@ -174,8 +181,48 @@ def read_ivf(c: Container) -> "IvfIndex":
     )
 
 
+@dataclass(frozen=True)
+class QuantizedCodes:
+    """A segment's codes sidecar, loaded.
+
+    Attributes
+    ----------
+    quantizer : Quantizer
+        The index's trained codec.
+    codes : (rows, quantizer.code_bytes) uint8
+        Memory-mapped.
+    factors : (rows, 3) float32
+        Memory-mapped per-vector correction factors.
+    """
+
+    quantizer: "Quantizer"
+    codes: np.ndarray
+    factors: np.ndarray
+
+
+def write_codes(layout: Layout, entry: SegmentEntry, value: QuantizedCodes, params: dict[str, Any]) -> FileRef:
+    """Write ``value`` (quantizer state, codes, factors) as the codes sidecar of ``entry``."""
+    qparams, arrays = value.quantizer.state()
+    arrays = {k: np.asarray(v) for k, v in arrays.items()}
+    shapes = {k: list(v.shape) for k, v in arrays.items()}  # sections are 1-D or 2-D; codebooks may have more axes
+    meta = {"segment": entry.name, "rows": entry.rows, "quantizer": qparams, "shapes": shapes}
+    flat = {f"q.{k}": (v.reshape(v.shape[0], -1) if v.ndim > 2 else v.reshape(1) if v.ndim == 0 else v) for k, v in arrays.items()}
+    sections = {"codes": value.codes, "factors": value.factors, **flat}
+    return _write(layout, entry, SIDECARS["codes"], meta, sections, params)
+
+
+def read_codes(c: Container) -> QuantizedCodes:
+    """The quantizer, codes and factors of an opened codes sidecar (arrays memory-mapped)."""
+    from tidepool_cli.engine.quantize import quantizer_from_state
+
+    shapes = c.meta.get("shapes", {})
+    arrays = {name[2:]: np.array(c.array(name)).reshape(shapes.get(name[2:], c.sections[name].shape)) for name in c.sections if name.startswith("q.")}
+    return QuantizedCodes(quantizer_from_state(dict(c.meta["quantizer"]), arrays), c.array("codes"), c.array("factors"))
+
+
 HNSW = register(SidecarKind("hnsw", "hnsw", b"HNSW", 1, read_hnsw, write_hnsw))
 IVF = register(SidecarKind("ivf", "ivf", b"IVFL", 1, read_ivf, write_ivf, bulk=("blob",)))
+CODES = register(SidecarKind("codes", "codes", b"QCOD", 1, read_codes, write_codes, bulk=("codes", "factors")))
 
 
 def open_sidecar(layout: Layout, entry: SegmentEntry, key: str, verify: str = "small") -> Any:
