@@ -95,6 +95,9 @@ def _index_summary(kind: str, p: dict) -> str:
             f"ivf {p.get('codec')} nlist={p.get('nlist')}{_calibrated(p, 'nprobe', 'nprobe')} {p.get('bits_per_id', 0):.2f} bits/ID (bound {p.get('bound_bits_per_id', 0):.2f}), "
             f"lists {p.get('list_size_min')}/{p.get('list_size_median')}/{p.get('list_size_max')} imbalance {p.get('imbalance_factor', 0):.2f}, {_fmt_bytes(p['bytes'])}"
         )
+    if kind == "codes":
+        extra = "".join(f" {name}={p[name]}" for name in ("m", "nbits") if name in p)
+        return f"codes {p.get('codec')}{extra} {p.get('bytes_per_vector')} B/vector, {_fmt_bytes(p.get('code_bytes', 0))} codes, rel MSE {p.get('rel_mse', 0):.3g}"
     return kind
 
 
