@@ -7,7 +7,7 @@ from pathlib import Path
 from tidepool_cli.engine import hnsw
 from tidepool_cli.engine.calibrate import calibrate, geometric_ladder
 from tidepool_cli.errors import InvalidInputError
-from tidepool_cli.ops.indexing import BuildResult, build_indexes, engine_progress
+from tidepool_cli.ops.indexing import BuildResult, build_indexes, calibration_params, engine_progress
 from tidepool_cli.ops.progress import NULL_PROGRESS, Progress
 from tidepool_cli.storage.lock import DEFAULT_LOCK_TIMEOUT
 from tidepool_cli.storage.sidecars import write_hnsw
@@ -28,8 +28,9 @@ def build_hnsw(
 
     Each graph is then calibrated (:func:`~tidepool_cli.engine.calibrate.calibrate`): the
     smallest ef_search whose recall@10 on a sample of the segment's own rows reaches the
-    target is stored with it (manifest params ``ef_search``, ``calibrated_recall``) and
-    becomes the segment's default at query time.
+    target is stored with it (manifest params ``ef_search``, ``calibrated_recall``), with
+    the whole measured curve (``curve``: ef_search -> recall and time) and the timed exact
+    scan (``exact_cost``) that the planner's cost model reads.
 
     Parameters
     ----------
@@ -64,7 +65,7 @@ def build_hnsw(
         callback = engine_progress(prog, f"hnsw {seg.name}", "nodes")
         graph = hnsw.build_hnsw(seg.vectors, metric, m=m, ef_construction=ef_construction, seed=seed, progress=callback)
         prog.finish()
-        ef_search, recall = calibrate(
+        cal = calibrate(
             lambda xq, k, ef, rows: hnsw.search_hnsw(
                 graph, seg.vectors, xq, k, ef_search=ef, xb_sqnorms=seg.sqnorms, exclude=rows
             ),
@@ -79,8 +80,7 @@ def build_hnsw(
             "max_level": st["max_level"],
             "nodes_per_level": [lv["nodes"] for lv in st["levels"]],
             "avg_out_degree": [lv["avg_out_degree"] for lv in st["levels"]],
-            "ef_search": ef_search,
-            "calibrated_recall": round(recall, 4),
+            **calibration_params(cal, "ef_search"),
         }
         return write_hnsw(seg.layout, seg.entry, graph, params)
 

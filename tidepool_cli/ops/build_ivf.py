@@ -7,7 +7,7 @@ from pathlib import Path
 from tidepool_cli.engine import idcodec, ivf
 from tidepool_cli.engine.calibrate import calibrate, geometric_ladder
 from tidepool_cli.errors import InvalidInputError
-from tidepool_cli.ops.indexing import BuildResult, build_indexes, engine_progress
+from tidepool_cli.ops.indexing import BuildResult, build_indexes, calibration_params, engine_progress
 from tidepool_cli.ops.progress import NULL_PROGRESS, Progress
 from tidepool_cli.storage.lock import DEFAULT_LOCK_TIMEOUT
 from tidepool_cli.storage.sidecars import write_ivf
@@ -31,8 +31,9 @@ def build_ivf(
 
     Each index is then calibrated (:func:`~tidepool_cli.engine.calibrate.calibrate`): the
     smallest nprobe whose recall@10 on a sample of the segment's own rows reaches the
-    target is stored with it (manifest params ``nprobe``, ``calibrated_recall``) and
-    becomes the segment's default at query time.
+    target is stored with it (manifest params ``nprobe``, ``calibrated_recall``), with
+    the whole measured curve (``curve``: nprobe -> recall and time) and the timed exact
+    scan (``exact_cost``) that the planner's cost model reads.
 
     Parameters
     ----------
@@ -70,13 +71,13 @@ def build_ivf(
         lists = min(nlist, seg.rows) if nlist is not None else None
         index_ = ivf.build_ivf(seg.vectors, metric, nlist=lists, codec=id_codec, seed=seed, progress=callback)
         prog.finish()
-        nprobe, recall = calibrate(
+        cal = calibrate(
             lambda xq, k, n, rows: ivf.search_ivf(index_, seg.vectors, xq, k, nprobe=n, xb_sqnorms=seg.sqnorms),
             seg.vectors, metric, geometric_ladder(min(ivf.MIN_CALIBRATED_NPROBE, index_.nlist), index_.nlist),
             target=ivf.CALIBRATION_TARGET,
             xb_sqnorms=seg.sqnorms,
         )
-        params = {**index_.stats(), "nprobe": nprobe, "calibrated_recall": round(recall, 4)}
+        params = {**index_.stats(), **calibration_params(cal, "nprobe")}
         return write_ivf(seg.layout, seg.entry, index_, params)
 
     return build_indexes(index, "ivf", build, force=force, min_rows=min_rows, lock_timeout=lock_timeout, progress=progress)

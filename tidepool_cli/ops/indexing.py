@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from tidepool_cli.engine.calibrate import Calibration
 from tidepool_cli.ops.progress import NULL_PROGRESS, Progress
 from tidepool_cli.ops.view import IndexView
 from tidepool_cli.storage.manifest import FileRef, read_current, write_manifest
@@ -77,6 +78,30 @@ def engine_progress(progress: Progress, label: str, unit: str) -> Callable[[int,
         state["done"] = done
 
     return callback
+
+
+def calibration_params(cal: Calibration, knob: str) -> dict[str, Any]:
+    """Manifest index params of a calibration: the default ``knob``, its recall, the curve.
+
+    Parameters
+    ----------
+    cal : Calibration
+    knob : {"ef_search", "nprobe"}
+
+    Returns
+    -------
+    dict
+        ``{knob: default, "calibrated_recall": r, "curve": [{knob, recall, batch_seconds,
+        query_seconds}, ...], "exact_cost": {"batch_seconds", "query_seconds"}}``
+        (see :mod:`tidepool_cli.ops.paths` for how the planner reads them).
+    """
+    exact = cal.exact.to_dict(knob)
+    return {
+        knob: cal.setting,
+        "calibrated_recall": round(cal.recall, 4),
+        "curve": [p.to_dict(knob) for p in cal.curve],
+        "exact_cost": {"batch_seconds": exact["batch_seconds"], "query_seconds": exact["query_seconds"]},
+    }
 
 
 def build_indexes(
