@@ -68,13 +68,22 @@ def tiled(xq: np.ndarray, n: int) -> np.ndarray:
     return np.tile(xq, (math.ceil(n / len(xq)), 1))[:n]
 
 
-def time_batch(searcher: Searcher, xq: np.ndarray, b: int) -> float:
-    """Seconds per batch of ``b`` queries (median of repeats; batch 1: over different queries)."""
+def time_batches(searchers: dict[str, Searcher], xq: np.ndarray, b: int) -> dict[str, float]:
+    """Seconds per batch of ``b`` queries for each searcher, runs interleaved, median of repeats.
+
+    Batch 1 is the median over :data:`SINGLE_QUERIES` different single queries.
+    """
+    times: dict[str, list[float]] = {label: [] for label in searchers}
     if b == 1:
-        times = [timed(lambda i=i: searcher.search(xq[i % len(xq) : i % len(xq) + 1], 10))[0] for i in range(SINGLE_QUERIES)]
-        return float(np.median(times))
-    q = tiled(xq, b)
-    return timed(lambda: searcher.search(q, 10), repeats=3 if b <= 1000 else 2)[0]
+        for i in range(SINGLE_QUERIES):
+            for label, s in searchers.items():
+                times[label].append(timed(lambda: s.search(xq[i % len(xq) : i % len(xq) + 1], 10))[0])
+    else:
+        q = tiled(xq, b)
+        for _ in range(5 if b <= 100 else 3):
+            for label, s in searchers.items():
+                times[label].append(timed(lambda: s.search(q, 10))[0])
+    return {label: float(np.median(t)) for label, t in times.items()}
 
 
 def run_dataset(name: str, work: Path, peers: bool) -> dict:
@@ -95,13 +104,11 @@ def run_dataset(name: str, work: Path, peers: bool) -> dict:
               "hnsw": SearchParams(ef_search=HnswPath().pick(src, TARGET, None, 16)[0]),
               "ivf": SearchParams(nprobe=IvfPath().pick(src, TARGET, None, 16)[0])}
     out["forced_knobs"] = {"hnsw": forced["hnsw"].ef_search, "ivf": forced["ivf"].nprobe}
-    searchers = {label: Searcher(idx, params=p) for label, p in forced.items()}
+    searchers = {"default": default, **{label: Searcher(idx, params=p) for label, p in forced.items()}}
     for b in BATCHES:
-        row = {"default": time_batch(default, xq, b)}
+        row = time_batches(searchers, xq, b)
         row["default_path"] = _path_of(default, b)
-        for label, s in searchers.items():
-            row[label] = time_batch(s, xq, b)
-        fastest = min(searchers, key=lambda lab: row[lab])
+        fastest = min(forced, key=lambda lab: row[lab])
         row["fastest"] = fastest
         row["ratio"] = round(row["default"] / row[fastest], 3)
         out["batches"][str(b)] = row

@@ -41,9 +41,10 @@ def test_builds_store_whole_curves_and_stats_shows_them(indexed):
     seg = json.loads(run("stats", idx, "--json").stdout)["segments"][0]["indexes"]
     for kind, knob in (("hnsw", "ef_search"), ("ivf", "nprobe")):
         curve = seg[kind]["curve"]
-        assert len(curve) >= 1 and all(knob in p and 0 <= p["recall"] <= 1 and p["query_seconds"] > 0 for p in curve)
+        assert len(curve) >= 1 and all(knob in p and 0 <= p["recall"] <= 1 for p in curve)
+        assert all([b for b, _ in p["seconds"]] == [1, 300, 2048] and min(t for _, t in p["seconds"]) > 0 for p in curve)
         assert [p[knob] for p in curve] == sorted(p[knob] for p in curve)
-        assert seg[kind]["exact_cost"]["query_seconds"] > 0
+        assert [b for b, _ in seg[kind]["exact_cost"]["seconds"]] == [1, 300, 2048]
     table = run("stats", idx).stdout
     assert "calibration curves" in table and "ef_search" in table and "nprobe" in table
 

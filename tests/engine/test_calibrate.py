@@ -32,8 +32,8 @@ def test_calibrate_picks_the_smallest_setting_that_reaches_the_target():
     assert (cal.setting, cal.recall) == (24, 1.0)
     # The curve keeps every setting measured, up to the first that reaches the top recall.
     assert [p.setting for p in cal.curve] == [8, 16, 24]
-    assert [p.recall for p in cal.curve] == [0.9, 0.9, 1.0]
-    assert all(p.batch_seconds > 0 and p.query_seconds > 0 for p in cal.curve + [cal.exact])
+    assert np.allclose([p.recall for p in cal.curve], [0.9, 0.9, 1.0])
+    assert all([b for b, _ in p.seconds] == [1, 100, 2000] and all(t > 0 for _, t in p.seconds) for p in cal.curve + [cal.exact])
 
 
 def test_calibrate_curve_continues_past_the_target_up_to_the_top():

@@ -48,8 +48,12 @@ CURVE_TOP = 0.998
 """The curve climbs the ladder until recall@10 on the sample reaches this (or the ladder
 ends): high enough that ``query --recall 0.99`` finds a setting on every index type."""
 
-SINGLE_QUERY_REPEATS = 3
-"""One-query timings per setting; their median is the per-batch cost of the setting."""
+SINGLE_QUERY_REPEATS = 5
+"""One-query timings per setting; the fastest is kept (noise on a busy machine only adds)."""
+
+TIMING_QUERIES = 2048
+"""Rows of the large timed batch: batches this size already use every thread and group
+queries per posting list as large batches do, so costs extrapolate linearly from here."""
 
 
 @dataclass(frozen=True)
@@ -62,21 +66,18 @@ class CurvePoint:
         The knob (ef_search, nprobe).
     recall : float
         recall@10 on the sampled rows (tie-aware, against exact search).
-    batch_seconds : float
-        Seconds to answer one query alone (start-up of a batch included).
-    query_seconds : float
-        Seconds per query when the whole sample is searched as one batch.
+    seconds : list of (int, float)
+        Measured (batch size, seconds for the whole batch), increasing batch sizes: one
+        query alone, the recall sample, and :data:`TIMING_QUERIES` rows.
     """
 
     setting: int
     recall: float
-    batch_seconds: float
-    query_seconds: float
+    seconds: list[tuple[int, float]]
 
     def to_dict(self, knob: str) -> dict:
-        """Manifest form: ``{knob: setting, "recall": ..., "batch_seconds": ..., "query_seconds": ...}``."""
-        return {knob: self.setting, "recall": round(self.recall, 4), "batch_seconds": float(f"{self.batch_seconds:.3g}"),
-                "query_seconds": float(f"{self.query_seconds:.3g}")}
+        """Manifest form: ``{knob: setting, "recall": r, "seconds": [[nq, s], ...]}``."""
+        return {knob: self.setting, "recall": round(self.recall, 4), "seconds": [[int(b), float(f"{t:.3g}")] for b, t in self.seconds]}
 
 
 @dataclass(frozen=True)
@@ -92,7 +93,7 @@ class Calibration:
     curve : list of CurvePoint
         Every measured setting, increasing.
     exact : CurvePoint
-        The exact scan of the same rows, timed the same way (setting 0, recall 1).
+        The exact scan, timed the same way (setting 0, recall 1).
     """
 
     setting: int
@@ -145,23 +146,30 @@ def calibrate(
     rng = np.random.default_rng(seed)
     rows = np.sort(rng.choice(n, size=min(sample, n), replace=False))
     xq = np.ascontiguousarray(x[rows], dtype=np.float32)
+    big = np.sort(rng.choice(n, size=min(TIMING_QUERIES, n), replace=False))
+    xbig = np.ascontiguousarray(x[big], dtype=np.float32)
     kk = min(k + 1, n)
+
+    def exact_search(q, r):
+        return knn(q, x, kk, metric, xb_sqnorms=xb_sqnorms)
+
     t0 = time.perf_counter()
-    td, ti = knn(xq, x, kk, metric, xb_sqnorms=xb_sqnorms)
-    exact_query = (time.perf_counter() - t0) / len(rows)
-    exact_one = _one_query_seconds(lambda q, r: knn(q, x, kk, metric, xb_sqnorms=xb_sqnorms), xq, rows)
-    exact = CurvePoint(0, 1.0, exact_one, exact_query)
+    td, ti = exact_search(xq, rows)
+    t_sample = time.perf_counter() - t0
+    exact = CurvePoint(0, 1.0, _timings(exact_search, xq, rows, xbig, big, t_sample))
     td, ti = _without_self(td, ti, rows, kk - 1)
     curve: list[CurvePoint] = []
     chosen = None
     for setting in ladder:
+        def run(q, r, s=setting):
+            return search(q, kk, s, r)
+
         t0 = time.perf_counter()
-        fd, fi = search(xq, kk, setting, rows)
-        per_query = (time.perf_counter() - t0) / len(rows)
+        fd, fi = run(xq, rows)
+        t_sample = time.perf_counter() - t0
         fd, fi = _without_self(fd, fi, rows, kk - 1)
         recall = recall_at_k(fi, ti, kk - 1, found_dist=fd, gt_dist=td) if kk > 1 else 1.0
-        one = _one_query_seconds(lambda q, r, s=setting: search(q, kk, s, r), xq, rows)
-        curve.append(CurvePoint(int(setting), float(recall), one, per_query))
+        curve.append(CurvePoint(int(setting), float(recall), _timings(run, xq, rows, xbig, big, t_sample)))
         if chosen is None and recall >= target:
             chosen = curve[-1]
         if recall >= max(top, target):
@@ -170,14 +178,26 @@ def calibrate(
     return Calibration(chosen.setting, chosen.recall, curve, exact)
 
 
+def _timings(search, xq, rows, xbig, big, t_sample: float) -> list[tuple[int, float]]:
+    """(batch size, seconds) for one query, the sample (already timed) and the large batch."""
+    out = [(1, _one_query_seconds(search, xq, rows))]
+    if len(rows) > 1:
+        out.append((len(rows), t_sample))
+    if len(big) > len(rows):
+        t0 = time.perf_counter()
+        search(xbig, big)
+        out.append((len(big), time.perf_counter() - t0))
+    return out
+
+
 def _one_query_seconds(search: Callable[[np.ndarray, np.ndarray], object], xq: np.ndarray, rows: np.ndarray) -> float:
-    """Median seconds of :data:`SINGLE_QUERY_REPEATS` one-query searches."""
+    """Fastest of :data:`SINGLE_QUERY_REPEATS` one-query searches, in seconds."""
     times = []
     for i in range(min(SINGLE_QUERY_REPEATS, len(rows))):
         t0 = time.perf_counter()
         search(xq[i : i + 1], rows[i : i + 1])
         times.append(time.perf_counter() - t0)
-    return float(np.median(times))
+    return float(min(times))
 
 
 def geometric_ladder(start: int, stop: int, ratio: float = LADDER_RATIO) -> list[int]:

@@ -91,16 +91,15 @@ def calibration_params(cal: Calibration, knob: str) -> dict[str, Any]:
     Returns
     -------
     dict
-        ``{knob: default, "calibrated_recall": r, "curve": [{knob, recall, batch_seconds,
-        query_seconds}, ...], "exact_cost": {"batch_seconds", "query_seconds"}}``
-        (see :mod:`tidepool_cli.ops.paths` for how the planner reads them).
+        ``{knob: default, "calibrated_recall": r, "curve": [{knob, "recall", "seconds":
+        [[nq, s], ...]}, ...], "exact_cost": {"seconds": [[nq, s], ...]}}`` (see
+        :mod:`tidepool_cli.ops.paths` for how the planner reads them).
     """
-    exact = cal.exact.to_dict(knob)
     return {
         knob: cal.setting,
         "calibrated_recall": round(cal.recall, 4),
         "curve": [p.to_dict(knob) for p in cal.curve],
-        "exact_cost": {"batch_seconds": exact["batch_seconds"], "query_seconds": exact["query_seconds"]},
+        "exact_cost": {"seconds": cal.exact.to_dict(knob)["seconds"]},
     }
 
 

@@ -8,11 +8,12 @@ scan) is one more subclass appended to :data:`PATHS`.
 
 Cost model
 ----------
-A plan's cost is in seconds, estimated as ``batch_seconds + nq * query_seconds``, both
-measured when the index was built (:mod:`tidepool_cli.engine.calibrate`): for each knob
-of the calibration curve, one query alone and a 300-query batch of the segment's own
-rows were timed, and so was the exact scan of those rows (``exact_cost``). The work
-behind it is counted in distance evaluations and bytes of vectors read:
+A plan's cost is in seconds, measured when the index was built
+(:mod:`tidepool_cli.engine.calibrate`): for each knob of the calibration curve, batches
+of the segment's own rows were timed at 1, 300 and 2,048 queries, and so was the exact
+scan (``exact_cost``). A batch of ``nq`` queries costs the piecewise-linear
+interpolation of those points (extended linearly past 2,048). The work behind it is
+counted in distance evaluations and bytes of vectors read:
 
 * exact scan: ``nq * n`` distances, one pass over the ``n * d * 4`` bytes per query block;
 * filtered exact scan: the same over the ``a`` allowed rows only, so its time is the
@@ -184,21 +185,53 @@ def required_recall(target: float, miss_ratio: float) -> float:
 
 
 def _linear(cost: dict | None, nq: int, scale: float = 1.0) -> float | None:
-    """``batch + nq * per_query`` seconds of a measured cost point, the variable part scaled."""
-    if not cost or "query_seconds" not in cost:
+    """Seconds of a batch of ``nq`` queries from a measured cost point, times ``scale``.
+
+    Piecewise linear through the measured (batch size, seconds) points, extended past
+    the largest batch with the slope of the last segment (threads and list grouping are
+    already at full use there).
+    """
+    if not cost or not cost.get("seconds"):
         return None
-    per_query = float(cost["query_seconds"]) * scale
-    fixed = max(float(cost["batch_seconds"]) - float(cost["query_seconds"]), 0.0)
-    return fixed + nq * per_query
+    pts = sorted((int(b), float(t)) for b, t in cost["seconds"])
+    if len(pts) == 1 or nq <= pts[0][0]:
+        return pts[0][1] * max(nq, 1) / pts[0][0] * scale
+    for (b0, t0), (b1, t1) in zip(pts, pts[1:]):
+        if nq <= b1:
+            break
+    return (t0 + (t1 - t0) * (nq - b0) / (b1 - b0)) * scale
 
 
 def exact_cost(src: Source) -> dict | None:
-    """The segment's timed exact scan (from its newest calibrated index), or None."""
+    """The segment's timed exact scan, or None if no calibrated index timed it.
+
+    Each build times it; per batch size the fastest measurement is kept (a busy machine
+    only ever makes a timing longer).
+    """
     if src.segment is None:
         return None
-    costs = [e.params.get("exact_cost") for e in src.segment.entry.indexes.values()]
-    costs = [c for c in costs if c]
-    return costs[-1] if costs else None
+    costs = [c for c in (e.params.get("exact_cost") for e in src.segment.entry.indexes.values()) if c and c.get("seconds")]
+    if not costs:
+        return None
+    best: dict[int, float] = {}
+    for c in costs:
+        for b, t in c["seconds"]:
+            best[int(b)] = min(best.get(int(b), math.inf), float(t))
+    return {"seconds": sorted(best.items())}
+
+
+def _smoothed(curve: list[dict], i: int) -> dict:
+    """Curve point ``i`` with each timing replaced by the fastest at this or any larger knob.
+
+    A larger knob never does less work, so a larger time at a smaller knob is noise.
+    """
+    point = dict(curve[i])
+    best: dict[int, float] = {}
+    for c in curve[i:]:
+        for b, t in c.get("seconds", []):
+            best[int(b)] = min(best.get(int(b), math.inf), float(t))
+    point["seconds"] = sorted(best.items())
+    return point
 
 
 class AccessPath:
@@ -248,13 +281,15 @@ class AccessPath:
         p = self.params(src)
         curve = p.get("curve") or []
         if forced is not None:
-            point = next((c for c in curve if c[self.knob] == forced), None)
+            at = next((i for i, c in enumerate(curve) if c[self.knob] == forced), None)
+            point = _smoothed(curve, at) if at is not None else None
             recall = point["recall"] if point else _interpolate(curve, self.knob, forced, target)
             return forced, recall, point
         if not curve:
             return int(p.get(self.knob, default)), target, None
         need = required_recall(target, self.miss_ratio)
-        point = next((c for c in curve if c["recall"] >= need), curve[-1])
+        at = next((i for i, c in enumerate(curve) if c["recall"] >= need), len(curve) - 1)
+        point = _smoothed(curve, at)
         # Report the recall real queries are expected to get, not the sample's.
         recall = 1.0 - (1.0 - point["recall"]) / self.miss_ratio
         return int(point[self.knob]), max(0.0, recall), point

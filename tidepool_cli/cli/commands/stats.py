@@ -103,14 +103,19 @@ def _curves(console, res) -> None:
     rows = [(s.name, kind, p) for s in res.segments for kind, p in s.indexes.items() if p.get("curve")]
     if not rows:
         return
-    table = Table(title="calibration curves (recall@10 on sampled rows; ms per query in a batch / alone)", title_justify="left")
+    table = Table(title="calibration curves: knob:recall@10 on sampled rows (ms per query in the largest timed batch / alone)", title_justify="left")
     for col in ("segment", "index", "knob", "curve"):
         table.add_column(col)
     for name, kind, p in rows:
-        knob = next(k for k in p["curve"][0] if k not in ("recall", "batch_seconds", "query_seconds"))
-        points = "  ".join(f"{c[knob]}:{c['recall']:.3f} ({c['query_seconds'] * 1e3:.3g}/{c['batch_seconds'] * 1e3:.3g})" for c in p["curve"])
+        knob = next(k for k in p["curve"][0] if k not in ("recall", "seconds"))
+        points = "  ".join(f"{c[knob]}:{c['recall']:.3f} ({_ms_per_query(c['seconds'])})" for c in p["curve"])
         table.add_row(name, kind, knob, points)
     console.print(table)
+
+
+def _ms_per_query(seconds: list) -> str:
+    (b0, t0), (b1, t1) = seconds[0], seconds[-1]
+    return f"{t1 / b1 * 1e3:.3g}/{t0 / b0 * 1e3:.3g}"
 
 
 def _recall_line(rep) -> None:
