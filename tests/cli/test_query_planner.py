@@ -94,6 +94,16 @@ def test_explain_json_in_both_formats(indexed):
     assert run("query", idx, "--input", d / "q.npy", "--recall", 1.5).exit_code == 2
 
 
+@pytest.mark.parametrize("force", [["--nprobe", "3"], ["--ef-search", "20"], ["--exact"]])
+def test_every_path_answers_queries_read_from_a_read_only_file(indexed, force):
+    """Queries from a .npy file arrive as a read-only memmap: no path may write into them."""
+    idx, xb, xq, d = indexed
+    out = run("query", idx, "--input", d / "q.npy", "-k", 5, *force)
+    assert out.exit_code == 0, out.stderr
+    _, truth = knn(xq, xb, 5, "l2")
+    assert recall_at_k(np.array([r["ids"] for r in json.loads(out.stdout)["results"]]), truth, 5) >= 0.8
+
+
 def test_recall_queries_reports_delivered_recall_without_touching_the_index(indexed):
     idx, _, _, d = indexed
     before = sorted(p.name for p in idx.rglob("*"))
@@ -125,3 +135,17 @@ def test_a_pipe_gets_each_answer_before_the_next_query_is_written(indexed):
     assert [a["query"] for a in got] == [0, 1, 2]
     _, truth = knn(xq[:3], xb, 3, "l2")
     assert recall_at_k(np.array([a["ids"] for a in got]), truth, 3) >= 0.9
+
+
+def test_lines_already_waiting_are_answered_as_one_batch():
+    import os
+
+    from tidepool_cli.ops.querystream import stream_lines
+
+    r, w = os.pipe()
+    os.write(w, b"".join(json.dumps({"vector": [i, 0.5]}).encode() + b"\n" for i in range(5)) + b"[9, 9]\n\n")
+    os.close(w)
+    with os.fdopen(r, "rb") as stream:
+        batches = list(stream_lines(stream, 4))
+    assert [(first, v.shape) for first, v in batches] == [(0, (4, 2)), (4, (2, 2))]
+    assert batches[1][1].tolist() == [[4, 0.5], [9, 9]]

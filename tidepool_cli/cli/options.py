@@ -7,8 +7,6 @@ from typing import Annotated
 
 import typer
 
-from tidepool_cli.storage.lock import DEFAULT_LOCK_TIMEOUT
-
 IndexArg = Annotated[Path, typer.Argument(help="Index directory.", show_default=False)]
 LockTimeout = Annotated[
     float, typer.Option("--lock-timeout", min=0, help="Seconds to wait for another writer to release the index lock.")
@@ -17,4 +15,3 @@ JsonFlag = Annotated[bool, typer.Option("--json", help="Print the result as JSON
 InputFormat = Annotated[
     str, typer.Option("--input-format", help="auto | npy | fvecs | bvecs | jsonl (auto: by extension, or sniffed on stdin).")
 ]
-DEFAULT_LOCK = DEFAULT_LOCK_TIMEOUT

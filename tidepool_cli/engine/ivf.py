@@ -98,11 +98,6 @@ BOUND_LISTS = 2
 query whose nearest list is short keeps every entry of every list; two halve the
 entries kept on glove-50-angular, three gain little more."""
 
-EXACT_ROWS_PER_LIST = 8
-"""A filter leaving fewer rows than this many per list sends the search to exact search:
-on glove-50-angular a 5% filter (7.8 rows per list) took 0.47 s by IVF at recall 0.93
-and 0.26 s by exact search for 2,000 queries."""
-
 EXTRA_BOUND_ROUNDS = 8
 """Further lists scanned one at a time for queries still without a bound (see _scan)."""
 
@@ -434,11 +429,9 @@ def search_ivf(
     Notes
     -----
     Every query gets ``min(k, number of allowed rows)`` results: one whose probed lists
-    hold fewer allowed rows is answered by :func:`~tidepool_cli.engine.topk.knn`. When a
-    filter leaves fewer rows than a query would scan anyway (``n * nprobe / nlist``) or
-    fewer than ``EXACT_ROWS_PER_LIST * nlist`` (scoring them costs about what scoring the
-    centroids does), the whole batch goes to exact search, which is then as cheap and
-    exact.
+    hold fewer allowed rows is answered by :func:`~tidepool_cli.engine.topk.knn`. Whether
+    a filter is better served by exact search is the query planner's choice
+    (:mod:`tidepool_cli.ops.paths`), not this kernel's.
 
     Batches of at least ``PARALLEL_MIN_PAIRS`` (query, list) pairs are scored on one
     thread per CPU this process may use, capped by ``OMP_NUM_THREADS``; results do not
@@ -453,8 +446,6 @@ def search_ivf(
         return D, I
     if allowed is not None and n_allowed == n:
         allowed = None
-    if allowed is not None and n_allowed < max(nprobe * n / index.nlist, EXACT_ROWS_PER_LIST * index.nlist):
-        return knn(xq, x, k, index.metric, xb_sqnorms=xb_sqnorms, allowed=allowed)
     kk = candidate_count(k, n_allowed)
     # Threads pay off only when there is enough to share; small batches run inline.
     workers = _workers() if nq * nprobe >= PARALLEL_MIN_PAIRS else 1
@@ -863,7 +854,7 @@ def _serial_matmul(a: np.ndarray, b: np.ndarray, filled: int | None = None) -> n
     if m <= step:
         return a[:m] @ b
     mp = -(-m // step) * step
-    if a.shape[0] < mp:
+    if a.shape[0] < mp or filled is None:  # without ``filled`` the rows are the caller's: never write them
         a = np.concatenate([a[:m], np.zeros((mp - m, a.shape[1]), dtype=np.float32)])
     else:
         a = a[:mp]

@@ -187,7 +187,9 @@ def compact(
         with layout.lock("compact", lock_timeout):
             current = read_current(layout)
             gc = collect_garbage(layout, current, grace)
-        return CompactResult(str(index), False, current.generation, 0, 0, 0, 0, len(current.segments), gc.files, gc.bytes, time.perf_counter() - t0)
+        return CompactResult(index=str(index), changed=False, generation=current.generation, wal_files=0, rows_written=0,
+                             rows_deleted=0, segments_merged=0, segments=len(current.segments), files_removed=gc.files,
+                             bytes_freed=gc.bytes, seconds=time.perf_counter() - t0)
 
     next_segment = base.next_segment
     new_entries: list[SegmentEntry] = []
@@ -236,17 +238,17 @@ def compact(
         if not published:  # a conflict, a lock timeout or an I/O error: leave nothing behind
             _remove_new(layout, new_entries, updated)
     return CompactResult(
-        str(index),
-        True,
-        new.generation,
-        len({r.seq for r in tail.records}),
-        rows_written,
-        rows_deleted,
-        sum(1 for g in groups for n in g if n != "wal") + len(dropped),
-        len(new.segments),
-        gc.files,
-        gc.bytes,
-        time.perf_counter() - t0,
+        index=str(index),
+        changed=True,
+        generation=new.generation,
+        wal_files=len({r.seq for r in tail.records}),
+        rows_written=rows_written,
+        rows_deleted=rows_deleted,
+        segments_merged=sum(1 for g in groups for n in g if n != "wal") + len(dropped),
+        segments=len(new.segments),
+        files_removed=gc.files,
+        bytes_freed=gc.bytes,
+        seconds=time.perf_counter() - t0,
     )
 
 

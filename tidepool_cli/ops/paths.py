@@ -25,7 +25,8 @@ counted in distance evaluations and bytes of vectors read:
 
 A filter that keeps a fraction ``f = a / n`` thins out what an index visits, so to find
 as many allowed neighbours it must visit ``1 / f`` times as much: the graph widens its
-beam (``ef / f``, done inside the kernel) and IVF probes ``nprobe / f`` lists. Their
+beam (``ef / f``, done inside the kernel) and IVF probes ``nprobe / f`` lists (a forced
+``--nprobe`` is taken as given). Their
 distance counts and times scale by ``1 / f`` while the filtered exact scan's scale by
 ``f``: under a selective filter exact search wins *by cost*, which is the one place
 the "go exact under a selective filter" rule lives.
@@ -255,8 +256,11 @@ class AccessPath:
     miss_ratio = 1.0
 
     def can_answer(self, src: Source, batch: Batch) -> bool:
-        """Whether the path applies to this source and batch."""
-        return self.sidecar is None or (src.segment is not None and self.sidecar in src.segment.entry.indexes)
+        """Whether the path applies to this source and batch (its sidecar exists and did not fail to load)."""
+        if self.sidecar is None:
+            return True
+        has = src.segment is not None and self.sidecar in src.segment.entry.indexes
+        return has and src.indexes.get(self.sidecar, True) is not None
 
     def offer(self, src: Source, batch: Batch, target: float, forced: int | None) -> Plan:
         """The plan for ``batch`` at recall ``target`` (or at the ``forced`` knob)."""
@@ -400,8 +404,8 @@ class IvfPath(_IndexPath):
         p = self.params(src)
         nlist = int(p.get("nlist", 1))
         nprobe, recall, point = self.pick(src, target, forced, default_nprobe(nlist))
-        # Under a filter, probe 1/f as many lists to see as many allowed rows.
-        run_probe = min(nlist, math.ceil(nprobe / max(batch.fraction, 1e-9)))
+        # Under a filter, probe 1/f as many lists to see as many allowed rows (unless forced).
+        run_probe = nprobe if forced is not None else min(nlist, math.ceil(nprobe / max(batch.fraction, 1e-9)))
         per_query_rows = run_probe * batch.rows / max(nlist, 1)
         kk = candidate_count(batch.k, batch.allowed)
         seconds = self._seconds(point, batch.nq, run_probe / max(nprobe, 1))

@@ -54,12 +54,33 @@ class SearchParams:
     recall: float | None = None
 
     def __post_init__(self) -> None:
-        if self.recall is not None and not 0.0 < self.recall <= 1.0:
-            raise InvalidInputError(f"--recall must be in (0, 1], got {self.recall}")
+        if self.recall is not None:
+            check_recall(self.recall)
+
+
+def check_recall(recall: float) -> None:
+    """Refuse a recall target outside (0, 1].
+
+    Raises
+    ------
+    InvalidInputError
+    """
+    if not 0.0 < recall <= 1.0:
+        raise InvalidInputError(f"--recall must be in (0, 1], got {recall}")
 
 
 def segment_target(src: Source, params: SearchParams) -> float:
-    """The recall target on ``src``: the query's, else the build's, else the default."""
+    """The recall@10 target on ``src``: the query's, else the build's, else :data:`DEFAULT_RECALL`.
+
+    Parameters
+    ----------
+    src : Source
+    params : SearchParams
+
+    Returns
+    -------
+    float
+    """
     if params.recall is not None:
         return params.recall
     if src.segment is not None:
@@ -87,7 +108,21 @@ def offers(src: Source, batch: Batch, params: SearchParams) -> list[tuple[Access
 
 
 def choose(src: Source, batch: Batch, params: SearchParams) -> tuple[AccessPath, Plan]:
-    """The cheapest offer that meets the recall target (any forced path meets it by definition)."""
+    """The plan that answers ``batch`` on ``src``.
+
+    Parameters
+    ----------
+    src : Source
+    batch : Batch
+    params : SearchParams
+
+    Returns
+    -------
+    path : AccessPath
+    plan : Plan
+        The cheapest offer whose recall meets the target (a forced path meets it by
+        definition; when none does, the cheapest of all, which is then the exact scan).
+    """
     target = segment_target(src, params)
     options = offers(src, batch, params)
     forced = not params.exact and any(p.knob is not None and getattr(params, p.knob) is not None for p, _ in options)

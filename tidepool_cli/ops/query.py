@@ -10,7 +10,6 @@ distance, ties broken by id.
 from __future__ import annotations
 
 import dataclasses
-import json
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -26,6 +25,7 @@ from tidepool_cli.errors import InvalidInputError
 from tidepool_cli.ops.inputs import read_input
 from tidepool_cli.ops.paths import SourceWork
 from tidepool_cli.ops.planner import SearchParams, search_source
+from tidepool_cli.ops.querystream import stdin_is_lines, stream_lines
 from tidepool_cli.ops.view import IndexView, Source
 
 QUERY_BATCH_ROWS = 4096
@@ -242,7 +242,8 @@ def query_file(index: str | Path, source: str | Path, k: int, *, input_format: s
                params: SearchParams | None = None, warn: Callable[[str], None] | None = None) -> Iterator[QueryResults]:
     """Answer every query vector of a file or stdin, batch by batch.
 
-    JSONL on standard input is answered as it arrives (:func:`stream_lines`): each
+    JSONL on standard input is answered as it arrives
+    (:func:`~tidepool_cli.ops.querystream.stream_lines`): each
     result is yielded as soon as its line is read, while lines that are already waiting
     are answered together as one batch. Files are read in :data:`QUERY_BATCH_ROWS` batches.
 
@@ -260,8 +261,8 @@ def query_file(index: str | Path, source: str | Path, k: int, *, input_format: s
     QueryResults
     """
     searcher = Searcher(index, filter=filter, params=params, warn=warn)
-    if str(source) == "-" and input_format in ("auto", "jsonl") and _stdin_is_lines():
-        batches = ((first, vectors) for first, vectors in stream_lines(sys.stdin.buffer, QUERY_BATCH_ROWS))
+    if str(source) == "-" and input_format in ("auto", "jsonl") and stdin_is_lines():
+        batches = stream_lines(sys.stdin.buffer, QUERY_BATCH_ROWS)
     else:
         batches = ((b.first_row, b.vectors) for b in read_input(source, input_format, QUERY_BATCH_ROWS))
     answered = False
@@ -270,100 +271,6 @@ def query_file(index: str | Path, source: str | Path, k: int, *, input_format: s
         yield searcher.search(vectors, k, first=first)
     if not answered:  # an empty input still gets a (empty) result
         yield searcher.search(np.zeros((0, searcher.settings.dim), np.float32), k)
-
-
-def _stdin_is_lines() -> bool:
-    """Whether standard input starts like JSON lines (an object or a bare list), or is empty."""
-    stream = sys.stdin.buffer
-    try:
-        stream.fileno()
-    except (OSError, ValueError, AttributeError):  # not a file descriptor (an in-memory test stream)
-        return False
-    if not hasattr(stream, "peek") or not hasattr(stream, "read1"):
-        return False
-    head = stream.peek(1)[:64].lstrip()
-    return head[:1] in (b"{", b"[", b"")
-
-
-def stream_lines(stream, max_rows: int) -> Iterator[tuple[int, np.ndarray]]:
-    """Query vectors from a stream of JSON lines, batched by what has already arrived.
-
-    Each line is ``{"vector": [...]}`` (other fields ignored) or a bare ``[...]`` list
-    (the ``--vector`` form). Complete lines are collected while more input is ready
-    to read without waiting; as soon as none is, they are yielded as one batch, so a
-    line written by an interactive producer is answered before the next one is read,
-    and a pipe fed from a file still gets large batches.
-
-    Parameters
-    ----------
-    stream : binary buffered stream (standard input)
-    max_rows : int
-        Largest batch.
-
-    Yields
-    ------
-    (first, vectors) : (int, (m, d) float32)
-        Number of the batch's first query, and its vectors.
-
-    Raises
-    ------
-    InvalidInputError
-        A line that is not JSON, not a vector, or of another length than the first.
-    """
-    import select
-
-    fd = stream.fileno()
-    pending = b""
-    lines: list[bytes] = []
-    first, lineno = 0, 0
-    eof = False
-    while not eof or lines:
-        ready = not eof and (not lines or select.select([fd], [], [], 0)[0])
-        if ready and len(lines) < max_rows:
-            chunk = stream.read1(1 << 16)
-            if not chunk:
-                eof = True
-                if pending.strip():
-                    lines.append(pending)
-                pending = b""
-            else:
-                parts = (pending + chunk).split(b"\n")
-                pending = parts.pop()
-                lines.extend(p for p in parts if p.strip())
-            if not eof and len(lines) < max_rows:
-                continue
-        if not lines:
-            continue
-        batch, lines = lines[:max_rows], lines[max_rows:]
-        yield first, _parse_lines(batch, lineno)
-        first += len(batch)
-        lineno += len(batch)
-
-
-def _parse_lines(lines: list[bytes], before: int) -> np.ndarray:
-    """(m, d) float32 vectors of JSON lines; ``before`` lines came earlier (for messages)."""
-    try:
-        objs = json.loads(b"[" + b",".join(lines) + b"]")
-    except ValueError:
-        for i, line in enumerate(lines):
-            try:
-                json.loads(line)
-            except ValueError as exc:
-                raise InvalidInputError(f"standard input: query {before + i + 1}: invalid JSON ({exc.msg})") from None
-        raise InvalidInputError("standard input: invalid JSON") from None
-    vectors = []
-    for i, obj in enumerate(objs):
-        vec = obj.get("vector") if isinstance(obj, dict) else obj
-        if not isinstance(vec, list):
-            raise InvalidInputError(f"standard input: query {before + i + 1}: expected {{\"vector\": [...]}} or a JSON list")
-        vectors.append(vec)
-    try:
-        arr = np.array(vectors, dtype=np.float32)
-    except (ValueError, TypeError):
-        raise InvalidInputError(f"standard input: queries {before + 1}-{before + len(lines)}: vectors of different lengths or non-numeric values") from None
-    if arr.ndim != 2:
-        raise InvalidInputError(f"standard input: query {before + 1}: a vector must be a flat list of numbers")
-    return arr
 
 
 def query(index: str | Path, vectors: np.ndarray, k: int, *, filter: str | None = None, params: SearchParams | None = None,
