@@ -86,8 +86,8 @@ class Batch:
 
     @property
     def fraction(self) -> float:
-        """Allowed rows over all rows (1 without filter or deletes)."""
-        return self.allowed / max(self.rows, 1)
+        """Allowed rows over all rows (1 without filter or deletes; never 0)."""
+        return max(self.allowed, 1) / max(self.rows, 1)
 
 
 @dataclass(frozen=True)
@@ -367,13 +367,15 @@ class HnswPath(_IndexPath):
     miss_ratio = HNSW_MISS_RATIO
 
     def offer(self, src, batch, target, forced):
-        from tidepool_cli.engine.hnsw import DEFAULT_EF_SEARCH
+        from tidepool_cli.engine.hnsw import DEFAULT_EF_SEARCH, DEFAULT_M
 
         ef, recall, point = self.pick(src, target, forced, DEFAULT_EF_SEARCH)
-        degree = (self.params(src).get("avg_out_degree") or [32])[0]
+        p = self.params(src)
+        # Layer 0 holds up to 2M neighbours; the build records the mean.
+        degree = (p.get("avg_out_degree") or [2 * p.get("m", DEFAULT_M)])[0]
         ef_run = max(ef, batch.k)
         # The kernel widens the beam to ef / f under a filter (see the module docstring).
-        width = ef_run / max(batch.fraction, 1e-9)
+        width = ef_run / batch.fraction
         per_query = int(width * degree)
         ratio = width / ef_run if point is None else width / max(int(point[self.knob]), batch.k)
         seconds = self._seconds(point, batch.nq, ratio)
@@ -405,7 +407,7 @@ class IvfPath(_IndexPath):
         nlist = int(p.get("nlist", 1))
         nprobe, recall, point = self.pick(src, target, forced, default_nprobe(nlist))
         # Under a filter, probe 1/f as many lists to see as many allowed rows (unless forced).
-        run_probe = nprobe if forced is not None else min(nlist, math.ceil(nprobe / max(batch.fraction, 1e-9)))
+        run_probe = nprobe if forced is not None else min(nlist, math.ceil(nprobe / batch.fraction))
         per_query_rows = run_probe * batch.rows / max(nlist, 1)
         kk = candidate_count(batch.k, batch.allowed)
         seconds = self._seconds(point, batch.nq, run_probe / max(nprobe, 1))

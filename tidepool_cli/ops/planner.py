@@ -30,6 +30,9 @@ from tidepool_cli.ops.view import Source
 DEFAULT_RECALL = 0.95
 """recall@10 a query gets unless it asks (``--recall``) or the build set another target."""
 
+RECALL_SLACK = 1e-9
+"""Float tolerance when a plan's recall is compared with the target (0.95 stored as 0.9500...1)."""
+
 
 @dataclass(frozen=True)
 class SearchParams:
@@ -126,7 +129,7 @@ def choose(src: Source, batch: Batch, params: SearchParams) -> tuple[AccessPath,
     target = segment_target(src, params)
     options = offers(src, batch, params)
     forced = not params.exact and any(p.knob is not None and getattr(params, p.knob) is not None for p, _ in options)
-    meeting = [(p, plan) for p, plan in options if forced or plan.recall >= target - 1e-9] or options
+    meeting = [(p, plan) for p, plan in options if forced or plan.recall >= target - RECALL_SLACK] or options
     if all(plan.seconds is not None for _, plan in meeting):
         key = lambda o: o[1].seconds  # noqa: E731
     else:
