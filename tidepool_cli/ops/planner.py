@@ -146,6 +146,7 @@ def search_source(
     params: SearchParams,
     warn: Callable[[str], None],
     n_allowed: int | None = None,
+    plans: dict | None = None,
 ) -> tuple[np.ndarray, np.ndarray, SourceWork]:
     """Top-k of one source for a batch of prepared queries.
 
@@ -162,6 +163,9 @@ def search_source(
         Receives the warning about a damaged sidecar.
     n_allowed : int, optional
         ``allowed.sum()`` when the caller knows it.
+    plans : dict, optional
+        The caller's cache of choices for this source, keyed by batch shape: a stream of
+        one-query batches plans once.
 
     Returns
     -------
@@ -174,7 +178,12 @@ def search_source(
     if n_allowed is None:
         n_allowed = int(np.count_nonzero(allowed))
     batch = Batch(xq.shape[0], k, src.rows, n_allowed, src.vectors.shape[1])
-    path, plan = choose(src, batch, params)
+    key = (batch, params)
+    if plans is None or key not in plans or not plans[key][0].can_answer(src, batch):
+        chosen = choose(src, batch, params)
+        if plans is not None:
+            plans[key] = chosen
+    path, plan = plans[key] if plans is not None else chosen
     mask = None if n_allowed == src.rows else allowed
     out, work = timed_run(path, src, plan, xq, k, mask, metric, warn, n_allowed)
     if out is None:  # damaged sidecar: the exact scan answers

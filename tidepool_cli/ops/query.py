@@ -144,6 +144,7 @@ class Searcher:
             if allowed.any():
                 self.sources.append((src, allowed))
         self.n_allowed = [int(np.count_nonzero(a)) for _, a in self.sources]
+        self.plans: list[dict] = [{} for _ in self.sources]
 
     def search(self, queries: np.ndarray, k: int, first: int = 0) -> QueryResults:
         """The k nearest live rows that pass the filter, for each query.
@@ -174,7 +175,7 @@ class Searcher:
         nq = xq.shape[0]
         parts_d, parts_src, parts_pos, paths, work = [], [], [], {}, []
         for j, (src, allowed) in enumerate(self.sources):
-            D, I, done = search_source(src, allowed, xq, k, self.settings.metric, self.params, self.warn, self.n_allowed[j])
+            D, I, done = search_source(src, allowed, xq, k, self.settings.metric, self.params, self.warn, self.n_allowed[j], self.plans[j])
             paths[src.name] = done.path
             work.append(done)
             parts_d.append(D)
