@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 
@@ -38,7 +38,7 @@ def build_hnsw(
 def build_ivf(
     index: IndexArg,
     nlist: Annotated[int | None, typer.Option("--nlist", min=1, help="Posting lists per segment (default about 4*sqrt(rows)).")] = None,
-    id_codec: Annotated[str | None, typer.Option("--id-codec", help="Posting-list codec: ans | roc | elias-fano | raw (default ans).")] = None,
+    id_codec: Annotated[Literal["ans", "roc", "elias-fano", "raw"] | None, typer.Option("--id-codec", help="Posting-list codec: ans | roc | elias-fano | raw (default ans).")] = None,
     force: Force = False,
     min_rows: Annotated[int | None, typer.Option("--min-rows", min=0, help="Segments with fewer rows stay on exact scan (default 4096).")] = None,
     seed: Seed = 0,
