@@ -23,18 +23,13 @@ def stats(
     from tidepool_cli.ops.stats import stats as run
 
     with handle_errors():
-        res = run(index, verify=verify)
-        delivered = None
-        if recall_queries is not None:
-            from tidepool_cli.ops.recall_check import delivered_recall
-
-            delivered = delivered_recall(index, recall_queries)
+        res = run(index, verify=verify, recall_queries=recall_queries)
     if json_out:
-        emit_json({**res.to_dict(), **({"recall_queries": delivered.to_dict()} if delivered else {})})
+        emit_json(res.to_dict())
     else:
         _table(res)
-        if delivered:
-            _recall_line(delivered)
+        if res.recall_queries:
+            _recall_line(res.recall_queries)
     if res.problems:
         for p in res.problems:
             sys.stderr.write(f"Error: {p}\n")
@@ -118,10 +113,11 @@ def _ms_per_query(seconds: list) -> str:
     return f"{t1 / b1 * 1e3:.3g}/{t0 / b0 * 1e3:.3g}"
 
 
-def _recall_line(rep) -> None:
+def _recall_line(rep: dict) -> None:
+    paths = ", ".join(sorted({p for ps in rep["paths"].values() for p in ps})) or "-"
     sys.stdout.write(
-        f"delivered recall@{rep.k} on {rep.queries} queries: {rep.recall_at_k:.4f} "
-        f"(95% CI {rep.ci_low:.4f}-{rep.ci_high:.4f}; paths {', '.join(sorted({p for ps in rep.paths.values() for p in ps})) or '-'})\n"
+        f"delivered recall@{rep['k']} on {rep['queries']} queries: {rep['recall_at_k']:.4f} "
+        f"(95% CI {rep['ci_low']:.4f}-{rep['ci_high']:.4f}; paths {paths})\n"
     )
 
 
