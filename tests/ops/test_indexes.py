@@ -130,7 +130,7 @@ def test_damaged_graph_falls_back_to_exact_with_a_warning(tmp_path, siftsmall):
     raw[layer0.offset + layer0.nbytes // 2] ^= 0xFF  # inside the layer-0 neighbour array
     hnsw_file.write_bytes(bytes(raw))
     warnings = []
-    out = query(idx, xq, 10, warn=warnings.append)
+    out = query(idx, xq, 10, params=SearchParams(ef_search=32), warn=warnings.append)  # the graph is asked for
     assert out.paths == {"seg-000001": "exact"} and recall_at_k(np.array(out.ids), gt, 10) == 1.0
     assert len(warnings) == 1 and hnsw_file.name in warnings[0] and "exact search" in warnings[0]
     assert any("hnsw" in p for p in stats(idx, verify=True).problems)
