@@ -219,8 +219,9 @@ class IndexView:
             live = ~seg.deleted
             if touched.size:
                 live &= ~np.isin(seg.ids, touched)
-            out.append(Source(name=seg.name, vectors=seg.vectors, sqnorms=seg.sqnorms, ids=seg.ids, live=live,
-                              column=seg.column, segment=seg, row_ids=seg.row_ids))
+            out.append(
+                Source(name=seg.name, vectors=seg.vectors, sqnorms=seg.sqnorms, ids=seg.ids, live=live, column=seg.column, segment=seg, row_ids=seg.row_ids)
+            )
         if self.tail.source is not None:
             out.append(self.tail.source)
         return out
