@@ -41,6 +41,7 @@ import numpy as np
 
 from tidepool_cli.engine import graph as g
 from tidepool_cli.engine.distances import check_metric, sqnorms
+from tidepool_cli.engine.vamana_search import pair_scorer, walk
 from tidepool_cli.errors import InvalidInputError
 
 DEFAULT_R = 64
@@ -55,8 +56,8 @@ DEFAULT_ALPHA = 1.2
 BUILD_BLOCK = 1024
 """Nodes whose searches run in lockstep and whose lists are updated together in pass 2."""
 
-SEARCH_EXPAND = 4
-"""Search-list nodes expanded per hop in the build searches (fewer, larger numpy steps)."""
+SEARCH_WIDTH = 4
+"""Beam width of the build searches: nodes expanded per hop (fewer, larger numpy steps)."""
 
 KNN_CANDIDATES = 64
 """Length of the k-NN list each node starts pass 1 with and offers again to pass 2."""
@@ -241,22 +242,37 @@ def build_vamana(
 def _update_block(x, sq, adj, adj_d, knn_i, knn_d, rows, start, r, l, alpha, metric, workers):
     """Pass 2 on ``rows``: search, RobustPrune with α, write their lists, mirror the new edges (in place)."""
     xr = np.asarray(x[rows], dtype=np.float32)
-    entry = np.full((rows.size, 1), start, dtype=np.int64)
-    found_i = np.empty((rows.size, l), dtype=np.int64)
-    found_d = np.empty((rows.size, l), dtype=np.float32)
+    parts: list = [None] * workers
     step = -(-rows.size // workers)
 
-    def search(s: int) -> None:
-        e = s + step
-        found_i[s:e], found_d[s:e] = g.beam_search(
-            x, adj, xr[s:e], entry[s:e], l, metric=metric, xb_sqnorms=sq, exclude=rows[s:e], expand=SEARCH_EXPAND
-        )
+    def read(qa: np.ndarray, node: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return np.asarray(x[node], dtype=np.float32), adj[node]
 
-    # Each query's walk is independent of the others in its batch: splitting the block
-    # across threads changes nothing in the result.
-    g.parallel(search, range(0, rows.size, step), workers)
-    cand_i = np.concatenate((found_i, knn_i[rows], adj[rows].astype(np.int64)), axis=1)
-    cand_d = np.concatenate((found_d, knn_d[rows], adj_d[rows]), axis=1)
+    def search(i: int) -> None:
+        lo = i * step
+        xs = xr[lo : lo + step]
+        q, node, dist, _ = walk(xs, x.shape[0], start, l, SEARCH_WIDTH, pair_scorer(x, xs, metric, xb_sqnorms=sq), read, metric)
+        parts[i] = (q + lo, node, dist)
+
+    # The walks of a block read the graph as it was before the block: splitting the
+    # block across threads changes nothing in the result.
+    g.parallel(search, range(workers), workers)
+    q = np.concatenate([p[0] for p in parts if p is not None])
+    node = np.concatenate([p[1] for p in parts if p is not None])
+    dist = np.concatenate([p[2] for p in parts if p is not None])
+    own = node != rows[q]
+    q, node, dist = q[own], node[own], dist[own]
+    # The visited set of each node's walk, one row per node.
+    counts = np.bincount(q, minlength=rows.size)
+    width = max(1, int(counts.max()) if counts.size else 1)
+    o = np.argsort(q, kind="stable")
+    rank = np.arange(o.size) - np.repeat(np.cumsum(counts) - counts, counts)
+    vis_i = np.full((rows.size, width), -1, dtype=np.int64)
+    vis_d = np.full((rows.size, width), np.inf, dtype=np.float32)
+    vis_i[q[o], rank] = node[o]
+    vis_d[q[o], rank] = dist[o]
+    cand_i = np.concatenate((vis_i, knn_i[rows], adj[rows].astype(np.int64)), axis=1)
+    cand_d = np.concatenate((vis_d, knn_d[rows], adj_d[rows]), axis=1)
     cand_i, cand_d = g.best_unique(cand_i, cand_d, cand_i.shape[1])
     new_i, new_d = g.select_neighbors(
         x, cand_i, cand_d, r, metric=metric, alpha=alpha, xb_sqnorms=sq, workers=workers

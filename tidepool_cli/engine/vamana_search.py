@@ -38,8 +38,14 @@ DEFAULT_BEAM_WIDTH = 4
 DEFAULT_CACHE_NODES = 0
 """Records held in RAM, nearest the medoid by hops."""
 
-VISITED_BYTES = 1 << 28
-"""Bound of the per-batch visited table (nq · n bytes, touched pages only)."""
+QUERY_BATCH = 256
+"""Queries walking in lockstep; bounds the visited tables."""
+
+EXACT_VISITED_NODES = 1 << 17
+"""Up to this many nodes the visited table is exact (nq · n bytes, touched pages only)."""
+
+HASHED_VISITED_SLOTS = 1 << 14
+"""Slots per query of the hashed visited table used above that."""
 
 TIE_RTOL = 1e-6
 """Relative float-error bound under which two exact distances count as tied (ordered by id)."""
@@ -236,10 +242,9 @@ def search_vamana(
     """
     xq = np.ascontiguousarray(xq, dtype=np.float32)
     nq = xq.shape[0]
-    n = records.slot_of.size
     if cache is None:
         cache = cache_near_medoid(records, 0)
-    per = max(1, VISITED_BYTES // max(n, 1))
+    per = QUERY_BATCH
     ids = np.full((nq, k), -1, dtype=np.int64)
     dist = np.full((nq, k), np.inf, dtype=np.float32)
     hops = np.zeros(nq, np.int32)
@@ -256,17 +261,85 @@ def search_vamana(
 def _search_batch(records, xq, s, e, k, score, metric, l, w, cache, allowed):
     nq = e - s
     n = records.slot_of.size
-    layout = records.layout
-    visited = np.zeros(nq * n, dtype=bool)
-    hops = np.zeros(nq, np.int32)
     hits = np.zeros(nq, np.int32)
-    pool_q, pool_id, pool_d, read_q, read_b = [], [], [], [], []
+    read_q, read_b = [], []
 
-    # The search lists start with the medoid.
-    med = np.full(nq, records.medoid, dtype=np.int64)
-    visited[np.arange(nq) * n + med] = True
+    def read(qa: np.ndarray, node: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        # From the cache where held, else one block read each.
+        vec = np.empty((node.size, records.layout.d), dtype=np.float32)
+        nb = np.empty((node.size, records.layout.r), dtype=np.int32)
+        cpos = cache.lookup(node)
+        inc = cpos >= 0
+        if inc.any():
+            vec[inc], nb[inc] = cache.vectors[cpos[inc]], cache.neighbors[cpos[inc]]
+            np.add.at(hits, qa[inc], 1)
+        if not inc.all():
+            vec[~inc], nb[~inc], blk = records.read(node[~inc])
+            read_q.append(qa[~inc])
+            read_b.append(blk)
+        return vec, nb
+
+    pool_q, pool_id, pool_d, hops = walk(xq[s:e], n, records.medoid, l, w, lambda q, i: score(q + s, i), read, metric)
+    ids, dist = _select(pool_q, pool_id, pool_d, nq, k, allowed)
+    reads = np.zeros(nq, np.int32)
+    pages = np.zeros(nq, np.int32)
+    if read_q:
+        nb_ = records.blocks.shape[0] + 1
+        rq, rb = np.concatenate(read_q), np.concatenate(read_b)
+        reads = np.bincount(rq, minlength=nq).astype(np.int32)
+        distinct = np.unique(rq * nb_ + rb) // nb_
+        pages = (np.bincount(distinct, minlength=nq) * records.layout.block_sectors).astype(np.int32)
+    return ids, dist, hops, reads, pages, hits
+
+
+def walk(
+    xq: np.ndarray,
+    n: int,
+    start: int,
+    l: int,
+    w: int,
+    score: Scorer,
+    read: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]],
+    metric: str,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The lockstep beam search itself: every node it expands, with its exact distance.
+
+    Parameters
+    ----------
+    xq : (nq, d) float32
+        Queries.
+    n : int
+        Nodes in the graph.
+    start : int
+        Entry node (the medoid).
+    l : int
+        Search list size L.
+    w : int
+        Beam width W.
+    score : Scorer
+        Approximate distances; ``query_rows`` index ``xq``.
+    read : callable(query_rows (m,), nodes (m,)) -> (vectors (m, d) float32, neighbors (m, R) int32)
+        Records of the nodes expanded by those queries.
+    metric : {"l2", "cosine"}
+
+    Returns
+    -------
+    query : (p,) int64
+    node : (p,) int64
+        Every (query, node) expansion: the paper's visited set V, each node once per query.
+    dist : (p,) float32
+        Exact distance of each pair, from the record's vector.
+    hops : (nq,) int32
+        Rounds per query.
+    """
+    nq = xq.shape[0]
+    hops = np.zeros(nq, np.int32)
+    visited = _Visited(nq, n)
+    pool_q, pool_id, pool_d = [], [], []
+    med = np.full(nq, start, dtype=np.int64)
+    visited.mark(np.arange(nq), med)
     beam = np.full((nq, l), _SENTINEL, dtype=np.int64)
-    beam[:, 0] = _keys(score(np.arange(s, e, dtype=np.int64), med), med)
+    beam[:, 0] = _keys(score(np.arange(nq, dtype=np.int64), med), med)
     act = np.arange(nq)
     while act.size:
         unexp = (beam & 1).astype(bool)
@@ -283,47 +356,73 @@ def _search_batch(records, xq, s, e, k, score, metric, l, w, cache, allowed):
         qr, qc = np.nonzero(real)
         node = (pk[qr, qc] >> 1) & _ID_MASK
         qa = act[qr]
-        # Records: from the cache where held, else one block read each.
-        vec = np.empty((node.size, layout.d), dtype=np.float32)
-        nb = np.empty((node.size, layout.r), dtype=np.int32)
-        cpos = cache.lookup(node)
-        inc = cpos >= 0
-        if inc.any():
-            vec[inc], nb[inc] = cache.vectors[cpos[inc]], cache.neighbors[cpos[inc]]
-            np.add.at(hits, qa[inc], 1)
-        if not inc.all():
-            vec[~inc], nb[~inc], blk = records.read(node[~inc])
-            read_q.append(qa[~inc])
-            read_b.append(blk)
+        vec, nb = read(qa, node)
         pool_q.append(qa)
         pool_id.append(node)
-        pool_d.append(exact_distances(xq[s + qa], vec[:, None, :], metric)[:, 0])
-        # Neighbours of this round's records, one row per active query.
-        wide = np.full((act.size, w, layout.r), -1, dtype=np.int64)
+        pool_d.append(exact_distances(xq[qa], vec[:, None, :], metric)[:, 0])
+        # Neighbours of this round's records, one row per active query, each id once.
+        wide = np.full((act.size, w, nb.shape[1]), -1, dtype=np.int64)
         wide[qr, qc] = nb
         wide = np.sort(wide.reshape(act.size, -1), axis=1)
         wide[:, 1:][wide[:, 1:] == wide[:, :-1]] = -1
-        valid = wide >= 0
-        flat = act[:, None] * n + wide.clip(0)
-        valid &= ~visited[flat]
-        visited[flat[valid]] = True
+        valid = visited.filter(act, wide, wide >= 0)
         r, c = np.nonzero(valid)
         if not r.size:
             continue
         cand = wide[r, c]
-        blk_keys = np.full(wide.shape, _SENTINEL, dtype=np.int64)
-        blk_keys[r, c] = _keys(score(s + act[r], cand), cand)
-        beam = np.sort(np.concatenate((beam, blk_keys), axis=1), axis=1)[:, :l]
+        blk = np.full(wide.shape, _SENTINEL, dtype=np.int64)
+        blk[r, c] = _keys(score(act[r], cand), cand)
+        beam = np.sort(np.concatenate((beam, blk), axis=1), axis=1)
+        if visited.lossy:
+            # A node the hashed table forgot comes back with its old score: keep one copy
+            # (the expanded one sorts first).
+            same = (beam[:, 1:] >> 1) == (beam[:, :-1] >> 1)
+            same &= beam[:, 1:] != _SENTINEL
+            if same.any():
+                beam[:, 1:][same] = _SENTINEL
+                beam.sort(axis=1)
+        beam = beam[:, :l]
+    cat = (lambda parts, dt: np.concatenate(parts) if parts else np.empty(0, dt))
+    return cat(pool_q, np.int64), cat(pool_id, np.int64), cat(pool_d, np.float32), hops
 
-    ids, dist = _select(np.concatenate(pool_q), np.concatenate(pool_id), np.concatenate(pool_d), nq, k, allowed)
-    reads = np.zeros(nq, np.int32)
-    pages = np.zeros(nq, np.int32)
-    if read_q:
-        rq, rb = np.concatenate(read_q), np.concatenate(read_b)
-        reads = np.bincount(rq, minlength=nq).astype(np.int32)
-        distinct = np.unique(rq * (records.blocks.shape[0] + 1) + rb) // (records.blocks.shape[0] + 1)
-        pages = (np.bincount(distinct, minlength=nq) * layout.block_sectors).astype(np.int32)
-    return ids, dist, hops, reads, pages, hits
+
+class _Visited:
+    """Per-query visited sets: an exact (nq, n) bit table for small graphs, hashed slots above.
+
+    The exact table is zero-filled lazily by the OS. Above ``EXACT_VISITED_NODES`` nodes
+    a multiplicative hash of the id into ``HASHED_VISITED_SLOTS`` int32 slots per query
+    bounds the memory to ``nq · 64 KiB``; a collision only lets a node be scored (and at
+    worst read) again, and the list merge and the final selection drop the copy.
+    """
+
+    def __init__(self, nq: int, n: int):
+        self.lossy = n > EXACT_VISITED_NODES
+        if self.lossy:
+            self.slots = HASHED_VISITED_SLOTS
+            self.shift = np.uint32(32 - (self.slots.bit_length() - 1))
+            self.table = np.full(nq * self.slots, -1, dtype=np.int32)
+        else:
+            self.slots = n
+            self.table = np.zeros(nq * n, dtype=bool)
+
+    def _flat(self, qrows: np.ndarray, ids: np.ndarray) -> np.ndarray:
+        if self.lossy:
+            return qrows * self.slots + ((ids.astype(np.uint32) * np.uint32(0x9E37_79B1)) >> self.shift)
+        return qrows * self.slots + ids
+
+    def mark(self, qrows: np.ndarray, ids: np.ndarray) -> None:
+        self.table[self._flat(qrows, ids)] = ids if self.lossy else True
+
+    def filter(self, act: np.ndarray, ids: np.ndarray, valid: np.ndarray) -> np.ndarray:
+        """Mask of the ``valid`` ids (row i belongs to query ``act[i]``) not visited yet; marks them."""
+        flat = self._flat(act[:, None], ids.clip(0))
+        if self.lossy:
+            new = valid & (self.table[flat] != ids)
+            self.table[flat[new]] = ids[new]
+        else:
+            new = valid & ~self.table[flat]
+            self.table[flat[new]] = True
+        return new
 
 
 def _keys(approx: np.ndarray, ids: np.ndarray) -> np.ndarray:
@@ -344,6 +443,11 @@ def _select(q, ids, d, nq, k, allowed):
         return out_i, out_d
     o = np.lexsort((ids, d, q))
     q, ids, d = q[o], ids[o], d[o]
+    # A node read twice by one query (hashed visited table) counts once.
+    _, first = np.unique(q * (int(ids.max()) + 1) + ids, return_index=True)
+    if first.size < q.size:
+        keep = np.sort(first)
+        q, ids, d = q[keep], ids[keep], d[keep]
     # Chain near-equal neighbours into tie groups, then order each group by id.
     new_q = np.empty(q.size, dtype=bool)
     new_q[0] = True
@@ -362,7 +466,7 @@ def _select(q, ids, d, nq, k, allowed):
     return out_i, out_d
 
 
-def pair_scorer(codes: np.ndarray, xq: np.ndarray, metric: str) -> Scorer:
+def pair_scorer(codes: np.ndarray, xq: np.ndarray, metric: str, *, xb_sqnorms: np.ndarray | None = None) -> Scorer:
     """A :data:`Scorer` over vectors held in RAM in any float type (f32, or an f16 copy).
 
     Parameters
@@ -372,18 +476,41 @@ def pair_scorer(codes: np.ndarray, xq: np.ndarray, metric: str) -> Scorer:
     xq : (nq, d) float32
         Prepared queries.
     metric : {"l2", "cosine"}
+    xb_sqnorms : (n,) float32, optional
+        Squared norms of ``codes`` (l2); computed once here when absent.
 
     Returns
     -------
     Scorer
-        Squared l2 or ``1 - cos`` of each pair, computed in float32.
+        Squared l2 (from norms and dot products, to steer a walk) or ``1 - cos`` of each
+        pair, in float32.
     """
+    xq = np.ascontiguousarray(xq, dtype=np.float32)
+    sq = qsq = None
+    if metric == "l2":
+        sq = np.asarray(xb_sqnorms, dtype=np.float32) if xb_sqnorms is not None else _sqnorms(codes)
+        qsq = np.einsum("ij,ij->i", xq, xq)
+    # Gathered rows are consumed in chunks that stay in the L2 cache.
+    chunk = max(64, (1 << 20) // (4 * codes.shape[1]))
 
     def score(qrows: np.ndarray, node_ids: np.ndarray) -> np.ndarray:
-        rows = np.asarray(codes[node_ids], dtype=np.float32)
+        ip = np.empty(node_ids.size, dtype=np.float32)
+        for s in range(0, node_ids.size, chunk):
+            rows = np.asarray(np.take(codes, node_ids[s : s + chunk], axis=0), dtype=np.float32)
+            ip[s : s + chunk] = np.einsum("pd,pd->p", rows, xq[qrows[s : s + chunk]])
         if metric == "l2":
-            diff = rows - xq[qrows]
-            return np.einsum("pd,pd->p", diff, diff)
-        return 1.0 - np.einsum("pd,pd->p", rows, xq[qrows])
+            ip *= -2.0
+            ip += sq[node_ids]
+            ip += qsq[qrows]
+            return ip
+        return np.subtract(1.0, ip, out=ip)
 
     return score
+
+
+def _sqnorms(codes: np.ndarray) -> np.ndarray:
+    out = np.empty(codes.shape[0], dtype=np.float32)
+    for s in range(0, codes.shape[0], 65536):
+        blk = np.asarray(codes[s : s + 65536], dtype=np.float32)
+        out[s : s + 65536] = np.einsum("ij,ij->i", blk, blk)
+    return out
