@@ -15,14 +15,14 @@ Here the two passes run on blocks of nodes rather than one node at a time:
   the heuristic, mirrored, overflowing lists pruned again. That is the graph the paper's
   first pass converges to, without the random-graph searches that only serve to reach it.
 * Pass 2 (α) visits the nodes in a seeded random order, ``BUILD_BLOCK`` at a time. The
-  block's nodes search the current graph from the medoid together (lockstep
-  :func:`~tidepool_cli.engine.graph.beam_search`, search list ``L``); each node's
-  candidates are its final search list, its k-NN list and its current neighbours;
-  RobustPrune with α picks its ``R`` out-edges; the new edges are mirrored into their
-  targets' lists and the targets that overflow are pruned again with α. Later blocks
-  search the graph the earlier blocks updated, as the paper's sequential pass does.
-  The paper offers the whole visited set of a search to RobustPrune; the final search
-  list plus the k-NN list holds the near part of it, which is what the pruning keeps.
+  block's nodes walk the current graph from the medoid together (the lockstep beam
+  search of :func:`~tidepool_cli.engine.vamana_search.walk`, search list ``L``, beam
+  width ``SEARCH_WIDTH``); each node runs RobustPrune(p, V ∪ N_out(p), α, R) on the set
+  V of nodes its walk expanded, which holds the path from the medoid and so the long
+  edges; every new edge p -> u is mirrored into u's list, and a list that would pass
+  ``SLACK · R`` entries is pruned back to R with α (DiskANN's slack). Later blocks walk
+  the graph the earlier blocks updated, as the paper's sequential pass does; the walks
+  of one block see the graph as it was before the block.
 
 A final reachability repair (:func:`~tidepool_cli.engine.graph.connect_unreachable`)
 gives an in-edge to any node that pruning left without a path from the medoid.
@@ -47,8 +47,11 @@ from tidepool_cli.errors import InvalidInputError
 DEFAULT_R = 64
 """Out-degree R of every node (the paper's R; DiskANN's usual 64)."""
 
-DEFAULT_L = 100
-"""Search list size L of the build-time searches."""
+DEFAULT_L = 32
+"""Search list size L of the build-time searches. Pass 1 already links every node to its
+pruned k-NN, so the walks only need to supply the path from the medoid (the long edges):
+on siftsmall and a 10,000-row Fashion-MNIST subset L = 32 gives the same recall and pages
+per query as L = 100 at a third of the build time (docs/VAMANA.md)."""
 
 DEFAULT_ALPHA = 1.2
 """Pruning slack α of the second pass (applies to Euclidean lengths)."""
@@ -58,6 +61,11 @@ BUILD_BLOCK = 1024
 
 SEARCH_WIDTH = 4
 """Beam width of the build searches: nodes expanded per hop (fewer, larger numpy steps)."""
+
+SLACK = 1.3
+"""Lists grow to ``SLACK · R`` mirrored edges before they are pruned back to R (DiskANN's
+slack factor): most targets take a few in-edges per block, and pruning each time would
+cost more than the search itself."""
 
 KNN_CANDIDATES = 64
 """Length of the k-NN list each node starts pass 1 with and offers again to pass 2."""
@@ -220,12 +228,30 @@ def build_vamana(
     g.connect_unreachable(x, adj, start, knn_i, metric=metric)
     adj_d = _row_distances(x, adj, metric)
     tick(n)
-    # Pass 2 (α): blocks of nodes search the current graph, prune, mirror.
+    # Pass 2 (α): blocks of nodes search the current graph, prune, mirror. Lists may
+    # grow to the slack width before a mirrored edge forces a re-prune.
+    width = max(r, int(np.ceil(SLACK * r)))
+    adj = np.pad(adj, ((0, 0), (0, width - r)), constant_values=-1)
+    adj_d = np.pad(adj_d, ((0, 0), (0, width - r)), constant_values=np.inf)
     order = np.random.default_rng(seed).permutation(n)
     for s in range(0, n, BUILD_BLOCK):
         rows = np.sort(order[s : s + BUILD_BLOCK])
-        _update_block(x, sq, adj, adj_d, knn_i, knn_d, rows, start, r, l, alpha, metric, workers)
+        _update_block(x, sq, adj, adj_d, rows, start, r, l, alpha, metric, workers)
         tick(rows.size)
+    over = np.flatnonzero(adj[:, r] >= 0) if width > r else np.empty(0, np.int64)
+    if over.size:
+        srt = np.argsort(adj_d[over], axis=1, kind="stable")
+        adj[over, :r], adj_d[over, :r] = g.select_neighbors(
+            x,
+            np.take_along_axis(adj[over], srt, axis=1),
+            np.take_along_axis(adj_d[over], srt, axis=1),
+            r,
+            metric=metric,
+            alpha=alpha,
+            xb_sqnorms=sq,
+            workers=workers,
+        )
+    adj = _sorted_rows(np.ascontiguousarray(adj[:, :r]), adj_d[:, :r])
     g.connect_unreachable(x, adj, start, knn_i, metric=metric)
     if progress is not None:
         progress(total, total)
@@ -239,7 +265,7 @@ def build_vamana(
     )
 
 
-def _update_block(x, sq, adj, adj_d, knn_i, knn_d, rows, start, r, l, alpha, metric, workers):
+def _update_block(x, sq, adj, adj_d, rows, start, r, l, alpha, metric, workers):
     """Pass 2 on ``rows``: search, RobustPrune with α, write their lists, mirror the new edges (in place)."""
     xr = np.asarray(x[rows], dtype=np.float32)
     parts: list = [None] * workers
@@ -271,45 +297,75 @@ def _update_block(x, sq, adj, adj_d, knn_i, knn_d, rows, start, r, l, alpha, met
     vis_d = np.full((rows.size, width), np.inf, dtype=np.float32)
     vis_i[q[o], rank] = node[o]
     vis_d[q[o], rank] = dist[o]
-    cand_i = np.concatenate((vis_i, knn_i[rows], adj[rows].astype(np.int64)), axis=1)
-    cand_d = np.concatenate((vis_d, knn_d[rows], adj_d[rows]), axis=1)
+    # RobustPrune(p, V ∪ N_out(p), α, R), as in the paper.
+    cand_i = np.concatenate((vis_i, adj[rows].astype(np.int64)), axis=1)
+    cand_d = np.concatenate((vis_d, adj_d[rows]), axis=1)
     cand_i, cand_d = g.best_unique(cand_i, cand_d, cand_i.shape[1])
     new_i, new_d = g.select_neighbors(
         x, cand_i, cand_d, r, metric=metric, alpha=alpha, xb_sqnorms=sq, workers=workers
     )
-    adj[rows] = new_i
-    adj_d[rows] = new_d
-    # Mirror: every target u of a new edge v -> u is offered v.
+    width = adj.shape[1]
+    adj[rows, :r], adj[rows, r:] = new_i, -1
+    adj_d[rows, :r], adj_d[rows, r:] = new_d, np.inf
+    _mirror_block(x, sq, adj, adj_d, rows, new_i, new_d, r, alpha, metric, workers)
+
+
+def _mirror_block(x, sq, adj, adj_d, rows, new_i, new_d, r, alpha, metric, workers):
+    """Offer every target u of a new edge v -> u the edge u -> v (in place).
+
+    Lists are unordered sets between blocks (every consumer sorts its candidates), so an
+    edge that fits is appended; a list that would pass the slack width is pruned back to
+    R with α from its members and its nearest incoming edges.
+    """
+    width = adj.shape[1]
     valid = new_i >= 0
     src = np.broadcast_to(rows[:, None], new_i.shape)[valid].astype(np.int64)
     dst = new_i[valid].astype(np.int64)
     dd = new_d[valid]
-    targets, inv = np.unique(dst, return_inverse=True)
-    counts = np.bincount(inv, minlength=targets.size)
-    width = int(counts.max()) if counts.size else 0
-    if not width:
+    fresh = ~(adj[dst] == src[:, None]).any(axis=1)
+    src, dst, dd = src[fresh], dst[fresh], dd[fresh]
+    if not src.size:
         return
-    srt = np.argsort(inv, kind="stable")
-    rank = np.arange(srt.size) - np.repeat(np.cumsum(counts) - counts, counts)
-    inc_i = np.full((targets.size, width), -1, dtype=np.int64)
-    inc_d = np.full((targets.size, width), np.inf, dtype=np.float32)
-    inc_i[inv[srt], rank] = src[srt]
-    inc_d[inv[srt], rank] = dd[srt]
-    merged_i, merged_d = g.best_unique(
-        np.concatenate((adj[targets].astype(np.int64), inc_i), axis=1),
-        np.concatenate((adj_d[targets], inc_d), axis=1),
-        r + width,
-    )
-    fits = merged_i[:, r] < 0 if merged_i.shape[1] > r else np.ones(targets.size, dtype=bool)
-    adj[targets[fits]] = merged_i[fits, :r]
-    adj_d[targets[fits]] = merged_d[fits, :r]
+    # Incoming edges grouped by target, nearest first; at most `width` per target.
+    o = np.lexsort((src, dd, dst))
+    src, dst, dd = src[o], dst[o], dd[o]
+    targets, first, counts = np.unique(dst, return_index=True, return_counts=True)
+    rank = np.arange(dst.size) - np.repeat(first, counts)
+    keep = rank < width
+    src, dst, dd, rank = src[keep], dst[keep], dd[keep], rank[keep]
+    counts = np.minimum(counts, width)
+    deg = (adj[targets] >= 0).sum(axis=1)
+    fits = deg + counts <= width
+    tpos = np.searchsorted(targets, dst)
+    app = fits[tpos]
+    col = deg[tpos[app]] + rank[app]
+    adj[dst[app], col] = src[app]
+    adj_d[dst[app], col] = dd[app]
     over = np.flatnonzero(~fits)
-    if over.size:
-        p_i, p_d = g.select_neighbors(
-            x, merged_i[over], merged_d[over], r, metric=metric, alpha=alpha, xb_sqnorms=sq, workers=workers
-        )
-        adj[targets[over]] = p_i
-        adj_d[targets[over]] = p_d
+    if not over.size:
+        return
+    t = targets[over]
+    inc_i = np.full((over.size, width), -1, dtype=np.int64)
+    inc_d = np.full((over.size, width), np.inf, dtype=np.float32)
+    sel = ~app
+    opos = np.searchsorted(t, dst[sel])
+    inc_i[opos, rank[sel]] = src[sel]
+    inc_d[opos, rank[sel]] = dd[sel]
+    cand_i = np.concatenate((adj[t].astype(np.int64), inc_i), axis=1)
+    cand_d = np.concatenate((adj_d[t], inc_d), axis=1)
+    srt = np.argsort(cand_d, axis=1, kind="stable")
+    cand_i = np.take_along_axis(cand_i, srt, axis=1)
+    cand_d = np.take_along_axis(cand_d, srt, axis=1)
+    p_i, p_d = g.select_neighbors(x, cand_i, cand_d, r, metric=metric, alpha=alpha, xb_sqnorms=sq, workers=workers)
+    adj[t, :r], adj[t, r:] = p_i, -1
+    adj_d[t, :r], adj_d[t, r:] = p_d, np.inf
+
+
+def _sorted_rows(adj, adj_d):
+    """Rows of ``adj`` nearest first by ``adj_d`` (ties by id), -1 padding last."""
+    key = np.where(adj >= 0, adj_d, np.inf)
+    o = np.lexsort((np.where(adj >= 0, adj, np.iinfo(np.int32).max), key), axis=-1)
+    return np.ascontiguousarray(np.take_along_axis(adj, o, axis=1))
 
 
 def _mirror_all(x, sq, adj, adj_d, r, alpha, metric, workers):
