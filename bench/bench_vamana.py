@@ -9,7 +9,7 @@ Per data set:
   (beam width W 4, a cache of ``--cache-nodes`` records near the medoid, navigation on
   an f16 copy of the vectors in RAM) a *cold* run: the file is evicted from the page
   cache with ``posix_fadvise(POSIX_FADV_DONTNEED)``, mapped again with
-  ``MADV_RANDOM`` (no read-ahead, so a fault reads one 4-KiB page), the queries run,
+  ``MADV_RANDOM`` by the node file reader (no read-ahead, so a fault reads one 4-KiB page), the queries run,
   and ``mincore`` counts the file's pages now resident. Reported: recall@10 (tie-aware,
   against the exact ground truth in ../shared/data), the engine's count of distinct
   pages read per query (each query as if alone with a cold cache: the DiskANN measure),
@@ -34,7 +34,6 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
 import argparse  # noqa: E402
 import ctypes  # noqa: E402
 import json  # noqa: E402
-import mmap  # noqa: E402
 import platform  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
@@ -93,7 +92,6 @@ def cold_run(path: Path, xq, gt, gtd, score, metric, l, cache_nodes):
     blocks = f.records.blocks
     # The whole file is mapped from offset 0; the records start records_offset bytes in.
     addr, length = blocks.ctypes.data - f.records_offset, f.nbytes
-    blocks._mmap.madvise(mmap.MADV_RANDOM)
     before = resident_pages(addr, length)
     cache = cache_near_medoid(f.records, cache_nodes)
     after_cache = resident_pages(addr, length)

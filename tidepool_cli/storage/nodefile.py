@@ -23,6 +23,8 @@ Every section but ``records`` is checked on open; ``records`` is checked block b
 from __future__ import annotations
 
 import json
+import mmap
+import os
 import zlib
 from pathlib import Path
 from typing import Any
@@ -38,8 +40,8 @@ from tidepool_cli.engine.vamana_layout import (
     slots_of,
 )
 from tidepool_cli.engine.vamana_search import NodeRecords
-from tidepool_cli.errors import CorruptIndexError
-from tidepool_cli.storage.container import CHUNK_BYTES, ENTRY, HEADER, Rows, align, open_container, write_container
+from tidepool_cli.errors import CorruptIndexError, StorageIOError
+from tidepool_cli.storage.container import CHUNK_BYTES, ENTRY, HEADER, Container, Rows, align, write_container
 
 KIND = b"VAMN"
 VERSION = 1
@@ -149,7 +151,7 @@ class NodeFile:
 
     def __init__(self, path: Path, where: str):
         self.path, self.where = Path(path), where
-        c = open_container(self.path, where, KIND, VERSION, verify="small")
+        c = Container(_map_random(self.path, where), 0, where, KIND, VERSION, verify="small")
         self.meta = c.meta
         try:
             lay = c.meta["layout"]
@@ -205,6 +207,27 @@ class NodeFile:
         CorruptIndexError
         """
         self.check_blocks(np.arange(self.layout.n_blocks))
+
+
+def _map_random(path: Path, where: str) -> np.ndarray:
+    """Map the file read-only with read-ahead off (``MADV_RANDOM``) before touching a byte.
+
+    A search reads scattered 4-KiB blocks; with the kernel's default read-around every
+    fault would pull in up to ``read_ahead_kb`` of neighbouring records (8 MiB on some
+    virtual disks), which costs I/O and page cache that the search never uses.
+    """
+    try:
+        with open(path, "rb") as fh:
+            if os.fstat(fh.fileno()).st_size == 0:
+                raise CorruptIndexError(f"{where}: empty file")
+            mm = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+    except FileNotFoundError:
+        raise CorruptIndexError(f"{where}: file is missing") from None
+    except OSError as e:
+        raise StorageIOError(f"{where}: cannot map the node file: {e.strerror or e}") from None
+    if hasattr(mmap, "MADV_RANDOM"):
+        mm.madvise(mmap.MADV_RANDOM)
+    return np.frombuffer(mm, dtype=np.uint8)
 
 
 def open_nodefile(path: Path, where: str) -> NodeFile:
