@@ -47,6 +47,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from _common import load, timed  # noqa: E402
 
+from tidepool_cli.engine.distances import sqnorms  # noqa: E402
+from tidepool_cli.engine.graph import ExactPairs  # noqa: E402
 from tidepool_cli.engine.hnsw import build_hnsw, search_hnsw  # noqa: E402
 from tidepool_cli.engine.recall import recall_at_k  # noqa: E402
 from tidepool_cli.engine.vamana import build_vamana  # noqa: E402
@@ -54,8 +56,7 @@ from tidepool_cli.engine.vamana_layout import NodeLayout, pack_blocks  # noqa: E
 from tidepool_cli.engine.vamana_search import (  # noqa: E402
     NodeRecords,
     cache_near_medoid,
-    pair_scorer,
-    search_vamana,
+        search_vamana,
 )
 from tidepool_cli.storage.nodefile import open_nodefile, write_nodefile  # noqa: E402
 
@@ -127,7 +128,7 @@ def bench_dataset(name: str, nq: int, repeats: int, cache_nodes: int, tmp: Path)
     path = tmp / f"{name}.vamana"
     write_nodefile(path, xb, G)
     codes = xb.astype(np.float16)
-    score = pair_scorer(codes, xq, metric)
+    score = ExactPairs(codes, xq, metric, xb_sqnorms=sqnorms(codes.astype(np.float32)) if metric == "l2" else None)
     layout = NodeLayout(xb.shape[0], xb.shape[1], G.r)
     ident = NodeRecords(pack_blocks(xb, G.adjacency, np.arange(xb.shape[0]), layout, 0, layout.n_blocks),
                         np.arange(xb.shape[0], dtype=np.int32), layout, G.medoid)

@@ -4,7 +4,8 @@ deletions, filters, determinism, read-only inputs, page accounting."""
 import numpy as np
 import pytest
 
-from tidepool_cli.engine.distances import normalize_rows
+from tidepool_cli.engine.distances import normalize_rows, sqnorms
+from tidepool_cli.engine.graph import ExactPairs
 from tidepool_cli.engine.recall import recall_at_k
 from tidepool_cli.engine.topk import knn
 from tidepool_cli.engine.vamana import VamanaGraph, build_vamana, medoid
@@ -22,8 +23,7 @@ from tidepool_cli.engine.vamana_layout import (
 from tidepool_cli.engine.vamana_search import (
     NodeRecords,
     cache_near_medoid,
-    pair_scorer,
-    search_vamana,
+        search_vamana,
 )
 from tidepool_cli.errors import InvalidInputError
 
@@ -43,7 +43,7 @@ def sq8_scorer(x, xq):
     step = np.where(hi > lo, (hi - lo) / 255, 1).astype(np.float32)
     codes = np.round((x - lo) / step).astype(np.uint8)
 
-    def score(qrows, ids):
+    def score(ids, qrows):
         rec = codes[ids].astype(np.float32) * step + lo
         diff = rec - xq[qrows]
         return np.einsum("pd,pd->p", diff, diff)
@@ -91,7 +91,7 @@ def test_graph_invariants(sift):
 @pytest.mark.parametrize("nav", ["f32", "sq8"])
 def test_siftsmall_recall(sift, nav):
     xb, xq, gt, gtd, G, rec = sift
-    score = pair_scorer(xb, xq, "l2") if nav == "f32" else sq8_scorer(xb, xq)
+    score = ExactPairs(xb, xq, "l2") if nav == "f32" else sq8_scorer(xb, xq)
     ids, dist, st = search_vamana(rec, xq, 10, score=score, metric="l2", l=100, beam_width=4)
     assert recall_at_k(ids, gt, 10, found_dist=dist, gt_dist=gtd) >= 0.95
     # Distances are exact: they match a direct computation from the vectors.
@@ -104,7 +104,9 @@ def test_siftsmall_recall(sift, nav):
 def test_fashion_subset_recall(fashion, nav):
     xb, xq, gt, G, rec = fashion
     codes = xb if nav == "f32" else xb.astype(np.float16)
-    ids, _, st = search_vamana(rec, xq, 10, score=pair_scorer(codes, xq, "l2"), metric="l2", l=100)
+    # Norms of the f16 copy in f32: squares of 784 pixel values overflow float16.
+    score = ExactPairs(codes, xq, "l2", xb_sqnorms=sqnorms(codes.astype(np.float32)))
+    ids, _, st = search_vamana(rec, xq, 10, score=score, metric="l2", l=100)
     assert recall_at_k(ids, gt, 10) >= 0.95
     # A 784-d record (3,396 bytes) takes one sector of its own.
     assert rec.layout.per_block == 1 and rec.layout.block_sectors == 1
@@ -117,7 +119,7 @@ def test_cosine(glove):
     xq = normalize_rows(xq[:50])
     _, gt = knn(xq, xb, 10, "cosine")
     G = build_vamana(xb, "cosine", r=32, l=64, seed=1)
-    ids, _, _ = search_vamana(records_of(xb, G), xq, 10, score=pair_scorer(xb, xq, "cosine"), metric="cosine", l=64)
+    ids, _, _ = search_vamana(records_of(xb, G), xq, 10, score=ExactPairs(xb, xq, "cosine"), metric="cosine", l=64)
     assert recall_at_k(ids, gt, 10) >= 0.9
 
 
@@ -127,7 +129,7 @@ def test_deleted_rows_are_navigated_never_returned(sift):
     # Delete every query's true nearest half: the walk must pass through them.
     allowed[gt[:, :5].ravel()] = False
     allowed[G.medoid] = False
-    ids, _, _ = search_vamana(rec, xq, 10, score=pair_scorer(xb, xq, "l2"), metric="l2", l=100, allowed=allowed)
+    ids, _, _ = search_vamana(rec, xq, 10, score=ExactPairs(xb, xq, "l2"), metric="l2", l=100, allowed=allowed)
     assert (ids >= 0).all() and allowed[ids].all()
     _, exact = knn(xq, xb, 10, "l2", allowed=allowed)
     assert recall_at_k(ids, exact, 10) >= 0.95
@@ -136,19 +138,19 @@ def test_deleted_rows_are_navigated_never_returned(sift):
 def test_filter_inside_search(sift):
     xb, xq, _, _, _, rec = sift
     allowed = np.arange(xb.shape[0]) % 3 == 0
-    ids, _, _ = search_vamana(rec, xq, 10, score=pair_scorer(xb, xq, "l2"), metric="l2", l=150, allowed=allowed)
+    ids, _, _ = search_vamana(rec, xq, 10, score=ExactPairs(xb, xq, "l2"), metric="l2", l=150, allowed=allowed)
     assert allowed[ids[ids >= 0]].all()
     _, exact = knn(xq, xb, 10, "l2", allowed=allowed)
     assert recall_at_k(ids, exact, 10) >= 0.9
     # Nothing allowed: empty answers, not an error.
-    ids, dist, _ = search_vamana(rec, xq[:3], 5, score=pair_scorer(xb, xq, "l2"), metric="l2", l=20,
+    ids, dist, _ = search_vamana(rec, xq[:3], 5, score=ExactPairs(xb, xq, "l2"), metric="l2", l=20,
                                  allowed=np.zeros(xb.shape[0], dtype=bool))
     assert (ids == -1).all() and np.isinf(dist).all()
 
 
 def test_cache_saves_reads_not_results(sift):
     xb, xq, _, _, _, rec = sift
-    score = pair_scorer(xb, xq, "l2")
+    score = ExactPairs(xb, xq, "l2")
     a, da, sa = search_vamana(rec, xq, 10, score=score, metric="l2", l=40)
     cache = cache_near_medoid(rec, 500)
     assert cache.rows.size == 500 and rec.medoid in cache.rows
@@ -161,7 +163,7 @@ def test_cache_saves_reads_not_results(sift):
 
 def test_beam_width_trades_hops_for_reads(sift):
     xb, xq, gt, _, _, rec = sift
-    score = pair_scorer(xb, xq, "l2")
+    score = ExactPairs(xb, xq, "l2")
     _, _, s1 = search_vamana(rec, xq, 10, score=score, metric="l2", l=40, beam_width=1)
     _, _, s4 = search_vamana(rec, xq, 10, score=score, metric="l2", l=40, beam_width=4)
     assert s4.hops.mean() < s1.hops.mean()
@@ -177,7 +179,7 @@ def test_graph_order_puts_neighbours_in_shared_sectors(sift):
     assert sector_locality(G.adjacency, rec.slot_of, 5) > 2 * sector_locality(G.adjacency, slots_of(ident), 5)
     order = graph_order(G.adjacency, G.medoid, 5)
     assert np.array_equal(np.sort(order), ident)
-    score = pair_scorer(xb, xq, "l2")
+    score = ExactPairs(xb, xq, "l2")
     _, _, sg = search_vamana(rec, xq, 10, score=score, metric="l2", l=40)
     _, _, si = search_vamana(records_of(xb, G, ident), xq, 10, score=score, metric="l2", l=40)
     # Same walk, fewer distinct pages.
@@ -224,7 +226,7 @@ def test_read_only_memmap_input(tmp_path, siftsmall):
     G = build_vamana(mm, "l2", r=24, l=40, seed=1)
     assert np.array_equal(G.adjacency, build_vamana(xb, "l2", r=24, l=40, seed=1).adjacency)
     _, gt = knn(xq, xb, 10, "l2")
-    ids, _, _ = search_vamana(records_of(mm, G), xq, 10, score=pair_scorer(mm, xq, "l2"), metric="l2", l=40)
+    ids, _, _ = search_vamana(records_of(mm, G), xq, 10, score=ExactPairs(mm, xq, "l2"), metric="l2", l=40)
     assert recall_at_k(ids, gt, 10) >= 0.95
 
 
@@ -234,7 +236,7 @@ def test_ties_break_by_id():
     x = np.concatenate([base] * 4)
     G = build_vamana(x, "l2", r=16, l=32, seed=0)
     xq = base[:5] + 0.01
-    ids, dist, _ = search_vamana(records_of(x, G), xq, 4, score=pair_scorer(x, xq, "l2"), metric="l2", l=64)
+    ids, dist, _ = search_vamana(records_of(x, G), xq, 4, score=ExactPairs(x, xq, "l2"), metric="l2", l=64)
     for i in range(5):
         assert sorted(ids[i]) == list(ids[i]) and set(ids[i]) == {i, i + 50, i + 100, i + 150}
 
@@ -254,7 +256,7 @@ def test_bad_parameters():
 def test_tiny_inputs():
     x = np.random.default_rng(0).standard_normal((3, 4)).astype(np.float32)
     G = build_vamana(x, "l2", r=4, l=8)
-    ids, _, _ = search_vamana(records_of(x, G), x, 3, score=pair_scorer(x, x, "l2"), metric="l2", l=8)
+    ids, _, _ = search_vamana(records_of(x, G), x, 3, score=ExactPairs(x, x, "l2"), metric="l2", l=8)
     assert (ids[:, 0] == np.arange(3)).all()
     one = build_vamana(x[:1], "l2")
     assert one.adjacency.shape == (1, 64) and (one.adjacency == -1).all()

@@ -3,8 +3,9 @@
 import numpy as np
 import pytest
 
+from tidepool_cli.engine.graph import ExactPairs
 from tidepool_cli.engine.vamana import build_vamana
-from tidepool_cli.engine.vamana_search import pair_scorer, search_vamana
+from tidepool_cli.engine.vamana_search import search_vamana
 from tidepool_cli.errors import CorruptIndexError
 from tidepool_cli.engine.topk import knn
 from tidepool_cli.storage import nodefile
@@ -32,7 +33,7 @@ def test_round_trip(tmp_path, data):
     assert not f.records.blocks.flags.writeable
     f.verify()
     _, gt = knn(x[:20], x, 10, "l2")
-    ids, _, _ = search_vamana(f.records, x[:20], 10, score=pair_scorer(x, x[:20], "l2"), metric="l2", l=48)
+    ids, _, _ = search_vamana(f.records, x[:20], 10, score=ExactPairs(x, x[:20], "l2"), metric="l2", l=48)
     assert np.mean([len(set(a) & set(b)) for a, b in zip(ids, gt)]) >= 9.5
 
 

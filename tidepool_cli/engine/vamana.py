@@ -41,7 +41,8 @@ import numpy as np
 
 from tidepool_cli.engine import graph as g
 from tidepool_cli.engine.distances import check_metric, sqnorms
-from tidepool_cli.engine.vamana_search import pair_scorer, walk
+from tidepool_cli.engine.threads import workers as threads_workers
+from tidepool_cli.engine.vamana_search import walk
 from tidepool_cli.errors import InvalidInputError
 
 DEFAULT_R = 64
@@ -205,7 +206,7 @@ def build_vamana(
         raise InvalidInputError(f"alpha must be at least 1, got {alpha}")
     r, l, alpha = int(r), int(l), float(alpha)
     n = x.shape[0]
-    workers = _threads(threads)
+    workers = threads_workers(threads)
     sq = sqnorms(x) if metric == "l2" else None
     total = 3 * n
     done = [0]
@@ -277,7 +278,7 @@ def _update_block(x, sq, adj, adj_d, rows, start, r, l, alpha, metric, workers):
     def search(i: int) -> None:
         lo = i * step
         xs = xr[lo : lo + step]
-        q, node, dist, _ = walk(xs, x.shape[0], start, l, SEARCH_WIDTH, pair_scorer(x, xs, metric, xb_sqnorms=sq), read, metric)
+        q, node, dist, _ = walk(xs, x.shape[0], start, l, SEARCH_WIDTH, g.ExactPairs(x, xs, metric, xb_sqnorms=sq), read, metric)
         parts[i] = (q + lo, node, dist)
 
     # The walks of a block read the graph as it was before the block: splitting the
@@ -398,11 +399,3 @@ def _row_distances(x, adj, metric):
             dist = 1.0 - np.einsum("bkd,bd->bk", pts, xs)
         out[s : s + step] = np.where(valid, dist, np.inf)
     return out
-
-
-def _threads(threads: int | None) -> int:
-    if threads is not None:
-        return max(1, int(threads))
-    import os
-
-    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)

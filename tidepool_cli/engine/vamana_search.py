@@ -15,7 +15,7 @@ DiskANN's search (Subramanya et al. 2019, section 3.3 and 3.4), batched across q
   allowed ones (not deleted, passing the filter) are returned.
 
 All active queries advance in lockstep: one round is a few numpy calls over all of them.
-List entries are int64 keys ``mono(score) << 32 | id << 1 | unexpanded`` so one integer
+List entries are int64 keys ``sortable(score) << 32 | id << 1 | unexpanded`` (:mod:`~tidepool_cli.engine.graph.keys`) so one integer
 sort orders by score, breaks ties by id and carries the expansion flag.
 """
 
@@ -27,10 +27,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from tidepool_cli.engine.distances import exact_distances
+from tidepool_cli.engine.graph.keys import ID_MASK, SENTINEL, encode
+from tidepool_cli.engine.graph.search import PairScorer
 from tidepool_cli.engine.vamana_layout import NodeLayout, decode_records, record_view
 
-Scorer = Callable[[np.ndarray, np.ndarray], np.ndarray]
-"""``score(query_rows (p,) int64, node_ids (p,) int64) -> (p,) float32`` approximate distances."""
+Scorer = PairScorer
+"""``score(node_ids (p,) int64, query_rows (p,) int64) -> (p,) float32`` approximate distances
+(the walk's pluggable distance, as in :func:`~tidepool_cli.engine.graph.beam_search`)."""
 
 DEFAULT_BEAM_WIDTH = 4
 """Records read per query and round (W)."""
@@ -50,9 +53,6 @@ HASHED_VISITED_SLOTS = 1 << 14
 TIE_RTOL = 1e-6
 """Relative float-error bound under which two exact distances count as tied (ordered by id)."""
 
-_SENTINEL = np.int64(0x7FFF_FFFF_FFFF_FFFE)
-"""Key of an empty list slot: sorts last, its unexpanded bit clear."""
-_ID_MASK = 0x7FFF_FFFF
 
 
 @dataclass(frozen=True)
@@ -216,9 +216,11 @@ def search_vamana(
         Prepared queries (unit rows for cosine); ``score`` is called with rows of it.
     k : int
         Results per query, >= 1.
-    score : callable(query_rows, node_ids) -> (p,) float32
-        Approximate distance of each (query, node) pair, smaller is nearer; ``query_rows``
-        index ``xq``. It only steers the walk: results carry exact distances.
+    score : PairScorer
+        ``score(node_ids, query_rows) -> (p,) float32``: approximate distance of each
+        (node, query) pair, smaller is nearer; ``query_rows`` index ``xq``
+        (:class:`~tidepool_cli.engine.graph.ExactPairs` over f32 rows or an f16 copy,
+        PQ/ADC, RaBitQ). It only steers the walk: results carry exact distances.
     metric : {"l2", "cosine"}
     l : int
         Search list size L (>= k for a full answer).
@@ -279,7 +281,7 @@ def _search_batch(records, xq, s, e, k, score, metric, l, w, cache, allowed):
             read_b.append(blk)
         return vec, nb
 
-    pool_q, pool_id, pool_d, hops = walk(xq[s:e], n, records.medoid, l, w, lambda q, i: score(q + s, i), read, metric)
+    pool_q, pool_id, pool_d, hops = walk(xq[s:e], n, records.medoid, l, w, lambda i, q: score(i, q + s), read, metric)
     ids, dist = _select(pool_q, pool_id, pool_d, nq, k, allowed)
     reads = np.zeros(nq, np.int32)
     pages = np.zeros(nq, np.int32)
@@ -290,6 +292,11 @@ def _search_batch(records, xq, s, e, k, score, metric, l, w, cache, allowed):
         distinct = np.unique(rq * nb_ + rb) // nb_
         pages = (np.bincount(distinct, minlength=nq) * records.layout.block_sectors).astype(np.int32)
     return ids, dist, hops, reads, pages, hits
+
+
+def _keys(approx: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    # Code distances may be negative (estimators are unbiased, not bounded): keep the sign.
+    return encode(approx, ids, "dot")
 
 
 def walk(
@@ -316,8 +323,8 @@ def walk(
         Search list size L.
     w : int
         Beam width W.
-    score : Scorer
-        Approximate distances; ``query_rows`` index ``xq``.
+    score : PairScorer
+        Approximate distances, called as ``score(node_ids, query_rows)``; ``query_rows`` index ``xq``.
     read : callable(query_rows (m,), nodes (m,)) -> (vectors (m, d) float32, neighbors (m, R) int32)
         Records of the nodes expanded by those queries.
     metric : {"l2", "cosine"}
@@ -338,8 +345,8 @@ def walk(
     pool_q, pool_id, pool_d = [], [], []
     med = np.full(nq, start, dtype=np.int64)
     visited.mark(np.arange(nq), med)
-    beam = np.full((nq, l), _SENTINEL, dtype=np.int64)
-    beam[:, 0] = _keys(score(np.arange(nq, dtype=np.int64), med), med)
+    beam = np.full((nq, l), SENTINEL, dtype=np.int64)
+    beam[:, 0] = _keys(score(med, np.arange(nq, dtype=np.int64)), med)
     act = np.arange(nq)
     while act.size:
         unexp = (beam & 1).astype(bool)
@@ -354,7 +361,7 @@ def walk(
         np.put_along_axis(beam, pick, pk & ~1, axis=1)
         hops[act] += 1
         qr, qc = np.nonzero(real)
-        node = (pk[qr, qc] >> 1) & _ID_MASK
+        node = (pk[qr, qc] >> 1) & ID_MASK
         qa = act[qr]
         vec, nb = read(qa, node)
         pool_q.append(qa)
@@ -370,16 +377,16 @@ def walk(
         if not r.size:
             continue
         cand = wide[r, c]
-        blk = np.full(wide.shape, _SENTINEL, dtype=np.int64)
-        blk[r, c] = _keys(score(act[r], cand), cand)
+        blk = np.full(wide.shape, SENTINEL, dtype=np.int64)
+        blk[r, c] = _keys(score(cand, act[r]), cand)
         beam = np.sort(np.concatenate((beam, blk), axis=1), axis=1)
         if visited.lossy:
             # A node the hashed table forgot comes back with its old score: keep one copy
             # (the expanded one sorts first).
             same = (beam[:, 1:] >> 1) == (beam[:, :-1] >> 1)
-            same &= beam[:, 1:] != _SENTINEL
+            same &= beam[:, 1:] != SENTINEL
             if same.any():
-                beam[:, 1:][same] = _SENTINEL
+                beam[:, 1:][same] = SENTINEL
                 beam.sort(axis=1)
         beam = beam[:, :l]
     cat = (lambda parts, dt: np.concatenate(parts) if parts else np.empty(0, dt))
@@ -425,13 +432,6 @@ class _Visited:
         return new
 
 
-def _keys(approx: np.ndarray, ids: np.ndarray) -> np.ndarray:
-    """Sortable int64 keys of unexpanded list entries: score order, then id."""
-    bits = np.ascontiguousarray(approx, dtype=np.float32).view(np.int32)
-    mono = bits ^ ((bits >> 31) & 0x7FFF_FFFF)
-    return (mono.astype(np.int64) << 32) | (np.asarray(ids, dtype=np.int64) << 1) | 1
-
-
 def _select(q, ids, d, nq, k, allowed):
     """Per query, the k best allowed (query, id, exact distance) triples; near-ties by id."""
     if allowed is not None:
@@ -464,53 +464,3 @@ def _select(q, ids, d, nq, k, allowed):
     out_i[q[keep], rank[keep]] = ids[keep]
     out_d[q[keep], rank[keep]] = d[keep]
     return out_i, out_d
-
-
-def pair_scorer(codes: np.ndarray, xq: np.ndarray, metric: str, *, xb_sqnorms: np.ndarray | None = None) -> Scorer:
-    """A :data:`Scorer` over vectors held in RAM in any float type (f32, or an f16 copy).
-
-    Parameters
-    ----------
-    codes : (n, d) float16 or float32
-        Vectors (or their reduced-precision copies), by row.
-    xq : (nq, d) float32
-        Prepared queries.
-    metric : {"l2", "cosine"}
-    xb_sqnorms : (n,) float32, optional
-        Squared norms of ``codes`` (l2); computed once here when absent.
-
-    Returns
-    -------
-    Scorer
-        Squared l2 (from norms and dot products, to steer a walk) or ``1 - cos`` of each
-        pair, in float32.
-    """
-    xq = np.ascontiguousarray(xq, dtype=np.float32)
-    sq = qsq = None
-    if metric == "l2":
-        sq = np.asarray(xb_sqnorms, dtype=np.float32) if xb_sqnorms is not None else _sqnorms(codes)
-        qsq = np.einsum("ij,ij->i", xq, xq)
-    # Gathered rows are consumed in chunks that stay in the L2 cache.
-    chunk = max(64, (1 << 20) // (4 * codes.shape[1]))
-
-    def score(qrows: np.ndarray, node_ids: np.ndarray) -> np.ndarray:
-        ip = np.empty(node_ids.size, dtype=np.float32)
-        for s in range(0, node_ids.size, chunk):
-            rows = np.asarray(np.take(codes, node_ids[s : s + chunk], axis=0), dtype=np.float32)
-            ip[s : s + chunk] = np.einsum("pd,pd->p", rows, xq[qrows[s : s + chunk]])
-        if metric == "l2":
-            ip *= -2.0
-            ip += sq[node_ids]
-            ip += qsq[qrows]
-            return ip
-        return np.subtract(1.0, ip, out=ip)
-
-    return score
-
-
-def _sqnorms(codes: np.ndarray) -> np.ndarray:
-    out = np.empty(codes.shape[0], dtype=np.float32)
-    for s in range(0, codes.shape[0], 65536):
-        blk = np.asarray(codes[s : s + 65536], dtype=np.float32)
-        out[s : s + 65536] = np.einsum("ij,ij->i", blk, blk)
-    return out
