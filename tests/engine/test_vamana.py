@@ -253,6 +253,16 @@ def test_bad_parameters():
         build_vamana(np.zeros((0, 4), dtype=np.float32), "l2")
 
 
+def test_bad_search_parameters(sift):
+    xb, xq, _, _, _, rec = sift
+    score = ExactPairs(xb, xq, "l2")
+    for kw in ({"l": 0}, {"l": 10, "beam_width": 0}):
+        with pytest.raises(InvalidInputError):
+            search_vamana(rec, xq, 10, score=score, metric="l2", **kw)
+    with pytest.raises(InvalidInputError):
+        search_vamana(rec, xq[:, :64], 10, score=score, metric="l2", l=10)
+
+
 def test_tiny_inputs():
     x = np.random.default_rng(0).standard_normal((3, 4)).astype(np.float32)
     G = build_vamana(x, "l2", r=4, l=8)

@@ -6,8 +6,8 @@ import pytest
 from tidepool_cli.engine.graph import ExactPairs
 from tidepool_cli.engine.vamana import build_vamana
 from tidepool_cli.engine.vamana_search import search_vamana
-from tidepool_cli.errors import CorruptIndexError
 from tidepool_cli.engine.topk import knn
+from tidepool_cli.errors import CorruptIndexError
 from tidepool_cli.storage import nodefile
 from tidepool_cli.storage.container import open_container
 from tidepool_cli.storage.nodefile import open_nodefile, write_nodefile

@@ -77,6 +77,7 @@ class NodeLayout:
         return -(-self.n // self.per_block)
 
     def to_dict(self) -> dict:
+        """``{"n", "d", "r"}``: what a reader needs to rebuild the layout."""
         return {"n": self.n, "d": self.d, "r": self.r}
 
 

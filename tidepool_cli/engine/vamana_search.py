@@ -30,6 +30,7 @@ from tidepool_cli.engine.distances import exact_distances
 from tidepool_cli.engine.graph.keys import ID_MASK, SENTINEL, encode
 from tidepool_cli.engine.graph.search import PairScorer
 from tidepool_cli.engine.vamana_layout import NodeLayout, decode_records, record_view
+from tidepool_cli.errors import InvalidInputError
 
 Scorer = PairScorer
 """``score(node_ids (p,) int64, query_rows (p,) int64) -> (p,) float32`` approximate distances
@@ -241,8 +242,17 @@ def search_vamana(
     dist : (nq, k) float32
         Exact distances (public convention: squared l2, 1 - cos), +inf padded.
     stats : SearchStats
+
+    Raises
+    ------
+    InvalidInputError
+        ``k``, ``l`` or ``beam_width`` below 1, or queries of the wrong dimension.
     """
+    if int(k) < 1 or int(l) < 1 or int(beam_width) < 1:
+        raise InvalidInputError(f"k, L and the beam width must be at least 1, got {k}, {l}, {beam_width}")
     xq = np.ascontiguousarray(xq, dtype=np.float32)
+    if xq.ndim != 2 or xq.shape[1] != records.layout.d:
+        raise InvalidInputError(f"queries must have shape (nq, {records.layout.d}), got {xq.shape}")
     nq = xq.shape[0]
     if cache is None:
         cache = cache_near_medoid(records, 0)
