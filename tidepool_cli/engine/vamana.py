@@ -52,7 +52,7 @@ DEFAULT_L = 32
 """Search list size L of the build-time searches. Pass 1 already links every node to its
 pruned k-NN, so the walks only need to supply the path from the medoid (the long edges):
 on siftsmall and a 10,000-row Fashion-MNIST subset L = 32 gives the same recall and pages
-per query as L = 100 at a third of the build time (docs/VAMANA.md)."""
+per query as L = 100 in about half the build time (docs/VAMANA.md)."""
 
 DEFAULT_ALPHA = 1.2
 """Pruning slack α of the second pass (applies to Euclidean lengths)."""
