@@ -61,7 +61,7 @@ def build_hnsw(
         raise InvalidInputError(f"need --m >= 2 and --ef-construction >= 1, got {m} and {ef_construction}")
 
     def build(seg, metric, prog):
-        callback = engine_progress(prog, f"hnsw {seg.name}", "nodes")
+        callback = engine_progress(prog, f"hnsw {seg.name}", seg.rows)
         graph = hnsw.build_hnsw(seg.vectors, metric, m=m, ef_construction=ef_construction, seed=seed, progress=callback)
         prog.finish()
         ef_search, recall = calibrate(

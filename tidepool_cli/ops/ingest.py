@@ -71,6 +71,8 @@ def ingest(
     batch_rows: int | None = None,
     commit_every: int | None = None,
     lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
+    vector_column: str | None = None,
+    id_column: str | None = None,
     progress: Progress = NULL_PROGRESS,
 ) -> IngestResult:
     """Upsert the vectors of ``source`` into the index at ``index``.
@@ -86,7 +88,7 @@ def ingest(
         Index directory; created (with the dimension of the first row) if missing.
     source : str or Path
         Input file, or ``-`` for standard input (see :mod:`~tidepool_cli.ops.inputs`).
-    input_format : {"auto", "npy", "fvecs", "bvecs", "jsonl"}
+    input_format : {"auto", "npy", "fvecs", "bvecs", "jsonl", "parquet", "arrow"}
     metric : {"l2", "cosine", "dot"}, optional
         Metric of a new index (default "l2"); must match an existing index's.
     batch_rows : int, optional
@@ -95,7 +97,10 @@ def ingest(
         Publish a WAL file every this many rows instead of once at the end.
     lock_timeout : float
         Seconds to wait for the writer lock at each commit.
+    vector_column, id_column : str, optional
+        Columns of a Parquet or Arrow input (see :mod:`~tidepool_cli.ops.arrow_input`).
     progress : Progress
+        Told the rows written, out of the input's row count where its header gives it.
 
     Returns
     -------
@@ -111,7 +116,7 @@ def ingest(
     t0 = time.perf_counter()
     if metric is not None:
         check_metric(metric)
-    batches = read_input(source, input_format, batch_rows)
+    batches = read_input(source, input_format, batch_rows, vector_column=vector_column, id_column=id_column)
     first = next(batches, None)
     if first is None:
         raise InvalidInputError(f"{source}: input holds no vectors")
@@ -123,7 +128,7 @@ def ingest(
 
     total_rows, records, wal_files = 0, 0, []
     auto_ranges: list[tuple[int, int]] = []
-    progress.start("ingest", None, "vectors")
+    progress.start("ingest", first.total, "rows")
     pending: list[InputBatch] = [first]
     writer = WalWriter(layout)
     try:
@@ -182,7 +187,8 @@ def _to_batch(item: InputBatch, settings: IndexSettings, source) -> Batch:
         kind = "int" if ids.dtype.kind in "iu" else "str"
         if kind != settings.id_type:
             raise InvalidInputError(f"{source}: this index uses {settings.id_type} ids; rows from {item.first_row} give {kind} ids")
-    columns = columns_from_records(item.attributes, item.first_line or 1) if item.attributes is not None else {}
+    columns = item.columns if item.columns is not None else (
+        columns_from_records(item.attributes, item.first_line or 1) if item.attributes is not None else {})
     return Batch("upsert", vectors.shape[0], ids, vectors, columns)
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 
@@ -37,7 +37,7 @@ def build_hnsw(
 def build_ivf(
     index: IndexArg,
     nlist: Annotated[int | None, typer.Option("--nlist", min=1, help="Posting lists per segment (default about 4*sqrt(rows)).")] = None,
-    id_codec: Annotated[str, typer.Option("--id-codec", help="Posting-list codec: ans | roc | elias-fano | raw.")] = "ans",
+    id_codec: Annotated[Literal["ans", "roc", "elias-fano", "raw"], typer.Option("--id-codec", help="Posting-list codec: ans | roc | elias-fano | raw.")] = "ans",
     force: Force = False,
     min_rows: Annotated[int | None, typer.Option("--min-rows", min=0, help="Segments with fewer rows stay on exact scan (default 4096).")] = None,
     seed: Seed = 0,

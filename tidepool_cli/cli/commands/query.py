@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 
@@ -22,7 +22,7 @@ def query(
     input_format: InputFormat = "auto",
     k: Annotated[int, typer.Option("-k", "--k", min=1, help="Neighbours per query.")] = 10,
     filter: Annotated[str | None, typer.Option("--filter", help="Attribute filter, e.g. \"color = 'red' and price < 10\".")] = None,
-    format: Annotated[str, typer.Option("--format", help="json | jsonl | table.")] = "json",
+    format: Annotated[Literal["json", "jsonl", "table"], typer.Option("--format", help="json | jsonl | table.")] = "json",
     ef_search: Annotated[int | None, typer.Option("--ef-search", min=1, help="HNSW beam width (default: calibrated per segment by build-hnsw).")] = None,
     nprobe: Annotated[int | None, typer.Option("--nprobe", min=1, help="IVF lists probed per query (default: calibrated per segment by build-ivf).")] = None,
     exact: Annotated[bool, typer.Option("--exact", help="Exact search everywhere, ignoring HNSW/IVF indexes.")] = False,
