@@ -194,7 +194,8 @@ def main() -> None:
     ap.add_argument("--cache-nodes", type=int, default=1000)
     args = ap.parse_args()
     out = {"machine": platform.processor() or platform.machine(), "threads": 2, "beam_width": W, "datasets": {}}
-    with tempfile.TemporaryDirectory(dir=ROOT / "bench") as tmp:
+    # The page-cache counts need the temporary directory on a disk file system, not tmpfs.
+    with tempfile.TemporaryDirectory(prefix="tidepool-vamana-") as tmp:
         for name in args.datasets.split(","):
             out["datasets"][name] = bench_dataset(name, args.queries, args.repeats, args.cache_nodes, Path(tmp))
     RESULTS.mkdir(parents=True, exist_ok=True)
