@@ -38,6 +38,9 @@ _EXPORTS = {
     "stats": "tidepool_cli.ops.stats",
     "query_file": "tidepool_cli.ops.query",
     "Searcher": "tidepool_cli.ops.query",
+    "SearchParams": "tidepool_cli.ops.planner",
+    "BatchExplain": "tidepool_cli.ops.query",
+    "delivered_recall": "tidepool_cli.ops.recall_check",
 }
 
 __all__ = ["__version__", *_EXPORTS]

@@ -8,6 +8,8 @@ ops function already takes its flags as keywords and is exported as it is.
 
 from __future__ import annotations
 
+import dataclasses
+
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -68,6 +70,8 @@ def query(
     ef_search: int | None = None,
     nprobe: int | None = None,
     exact: bool = False,
+    recall: float | None = None,
+    explain: bool = False,
     warn: Callable[[str], None] | None = None,
 ):
     """k nearest neighbours of each query (``tidepool query``).
@@ -79,8 +83,11 @@ def query(
         Queries answered at once.
     input : str or Path, optional
         A query file (any ingest format) or ``-``, answered batch by batch.
-    input_format, k, filter, ef_search, nprobe, exact
+    input_format, k, filter, ef_search, nprobe, exact, recall
         As the flags of ``tidepool query``.
+    explain : bool
+        Keep each result's ``explain`` (a :class:`~tidepool_cli.ops.query.BatchExplain`,
+        what ``--explain`` prints); None otherwise.
     warn : callable(str), optional
         Receives warnings (a damaged sidecar index that is skipped).
 
@@ -99,11 +106,16 @@ def query(
 
     if (vector is None) == (input is None):
         raise InvalidInputError("give exactly one of vector and input")
-    params = SearchParams(exact=exact, ef_search=ef_search, nprobe=nprobe)
+    params = SearchParams(exact=exact, ef_search=ef_search, nprobe=nprobe, recall=recall)
     if vector is not None:
-        return _query(index, np.asarray(vector), k, filter=filter, params=params, warn=warn)
-    return _batches(query_file(index, input, k, input_format=input_format, filter=filter, params=params, warn=warn))
+        return _explained(_query(index, np.asarray(vector), k, filter=filter, params=params, warn=warn), explain)
+    return _batches(query_file(index, input, k, input_format=input_format, filter=filter, params=params, warn=warn), explain)
 
 
-def _batches(results) -> Iterator:
-    yield from results
+def _explained(res, explain: bool):
+    return res if explain else dataclasses.replace(res, explain=None)
+
+
+def _batches(results, explain: bool = True) -> Iterator:
+    for res in results:
+        yield _explained(res, explain)

@@ -78,11 +78,15 @@ def test_mutation_commands_json_matches_the_documented_keys(tmp_path):
 
 
 def test_documented_defaults_match_the_code():
-    from tidepool_cli.engine.hnsw import FILTER_EXACT_BELOW, MIN_ROWS_FOR_GRAPH
+    from tidepool_cli.engine.hnsw import MIN_ROWS_FOR_GRAPH
     from tidepool_cli.ops.build_ivf import MIN_ROWS_FOR_IVF
+    from tidepool_cli.ops.paths import IVF_MISS_RATIO
+    from tidepool_cli.ops.planner import DEFAULT_RECALL
+    from tidepool_cli.ops.query import QUERY_BATCH_ROWS
 
     assert f"`--min-rows` rows (default {MIN_ROWS_FOR_GRAPH:,})" in README
     assert f"(default {MIN_ROWS_FOR_IVF:,})" in README
-    assert f"less than {FILTER_EXACT_BELOW:.0%} of a segment" in README
+    assert f"else {DEFAULT_RECALL}" in README and f"`1 - {IVF_MISS_RATIO} (1 - R)`" in README
+    assert f"batches of {QUERY_BATCH_ROWS:,} queries" in README
     helps = {c.name: CliRunner().invoke(app, [c.name, "--help"], terminal_width=200).stdout for c in app.registered_commands}
     assert f"(default {MIN_ROWS_FOR_GRAPH})" in helps["build-hnsw"] and f"(default {MIN_ROWS_FOR_IVF})" in helps["build-ivf"]

@@ -28,11 +28,21 @@ def _degraded_search(x, good_from):
 
 def test_calibrate_picks_the_smallest_setting_that_reaches_the_target():
     x = np.random.default_rng(0).standard_normal((2000, 8)).astype(np.float32)
-    setting, recall = calibrate(_degraded_search(x, 24), x, "l2", [8, 16, 24, 32], target=0.95, sample=100)
-    assert (setting, recall) == (24, 1.0)
+    cal = calibrate(_degraded_search(x, 24), x, "l2", [8, 16, 24, 32], target=0.95, sample=100)
+    assert (cal.setting, cal.recall) == (24, 1.0)
+    # The curve keeps every setting measured, up to the first that reaches the top recall.
+    assert [p.setting for p in cal.curve] == [8, 16, 24]
+    assert np.allclose([p.recall for p in cal.curve], [0.9, 0.9, 1.0])
+    assert all([b for b, _ in p.seconds] == [1, 100, 2000] and all(t > 0 for _, t in p.seconds) for p in cal.curve + [cal.exact])
+
+
+def test_calibrate_curve_continues_past_the_target_up_to_the_top():
+    x = np.random.default_rng(2).standard_normal((2000, 8)).astype(np.float32)
+    cal = calibrate(_degraded_search(x, 24), x, "l2", [8, 16, 24, 32], target=0.85, sample=100)
+    assert cal.setting == 8 and [p.setting for p in cal.curve] == [8, 16, 24]
 
 
 def test_calibrate_falls_back_to_the_largest_setting():
     x = np.random.default_rng(1).standard_normal((2000, 8)).astype(np.float32)
-    setting, recall = calibrate(_degraded_search(x, 99), x, "l2", [8, 16], target=0.95, sample=100)
-    assert setting == 16 and recall < 0.95
+    cal = calibrate(_degraded_search(x, 99), x, "l2", [8, 16], target=0.95, sample=100)
+    assert cal.setting == 16 and cal.recall < 0.95 and len(cal.curve) == 2

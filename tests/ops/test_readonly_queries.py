@@ -26,7 +26,7 @@ def test_query_file_of_slice_multiples_through_hnsw_ivf_and_exact(tmp_path):
         xq = rng.normal(size=(nq, 16)).astype(np.float32)
         np.save(tmp_path / "q.npy", xq)
         _, truth = knn(xq, xb, 10, "l2")
-        for params, path in ((SearchParams(), "hnsw"), (SearchParams(nprobe=64), "ivf"), (SearchParams(exact=True), "exact")):
+        for params, path in ((SearchParams(ef_search=32), "hnsw"), (SearchParams(nprobe=64), "ivf"), (SearchParams(exact=True), "exact")):
             out = list(query_file(idx, tmp_path / "q.npy", 10, params=params))
             assert [r.paths for r in out] == [{"seg-000001": path}] * len(out)
             ids = np.concatenate([np.array(r.ids) for r in out])

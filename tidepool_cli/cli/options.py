@@ -7,8 +7,6 @@ from typing import Annotated, Literal
 
 import typer
 
-from tidepool_cli.storage.lock import DEFAULT_LOCK_TIMEOUT
-
 IndexArg = Annotated[Path, typer.Argument(help="Index directory.", show_default=False)]
 LockTimeout = Annotated[
     float, typer.Option("--lock-timeout", min=0, help="Seconds to wait for another writer to release the index lock.")
@@ -18,4 +16,3 @@ InputFormat = Annotated[
     Literal["auto", "npy", "fvecs", "bvecs", "jsonl", "parquet", "arrow"],
     typer.Option("--input-format", help="auto | npy | fvecs | bvecs | jsonl | parquet | arrow (auto: by extension, or sniffed on stdin)."),
 ]
-DEFAULT_LOCK = DEFAULT_LOCK_TIMEOUT

@@ -361,7 +361,7 @@ def search_hnsw(
     ef_search: int | None = None,
     allowed: np.ndarray | None = None,
     xb_sqnorms: np.ndarray | None = None,
-    filter_exact_below: float = FILTER_EXACT_BELOW,
+    filter_exact_below: float = 0.0,
     threads: int | None = None,
     exclude: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -392,7 +392,9 @@ def search_hnsw(
     xb_sqnorms : (n,) float32, optional
         Squared norms of ``x`` (l2): saves computing them for every visited row.
     filter_exact_below : float
-        Allowed fraction under which the exact scan is used; 0 forces the graph.
+        Allowed fraction under which the exact scan is used; 0 (default) always walks
+        the graph: choosing between paths is the query planner's job
+        (:mod:`tidepool_cli.ops.paths`).
     threads : int, optional
         Query batches searched concurrently; default: the CPUs this process may use,
         capped by ``OMP_NUM_THREADS``. Results do not depend on it.

@@ -41,10 +41,24 @@ def recall_at_k(
         In [0, 1].
     """
     f = np.asarray(found)[:, :k]
+    return float(recall_per_query(found, gt, k, found_dist=found_dist, gt_dist=gt_dist, rtol=rtol).sum()) / max(f.shape[0], 1)
+
+
+def recall_per_query(
+    found: np.ndarray,
+    gt: np.ndarray,
+    k: int,
+    *,
+    found_dist: np.ndarray | None = None,
+    gt_dist: np.ndarray | None = None,
+    rtol: float = 1e-5,
+) -> np.ndarray:
+    """recall@k of each query: (nq,) float64 in [0, 1]; arguments as :func:`recall_at_k`."""
+    f = np.asarray(found)[:, :k]
     g = np.asarray(gt)[:, :k]
     hit = (f[:, :, None] == g[:, None, :]).any(axis=2) & (f >= 0)
     if found_dist is not None and gt_dist is not None:
         kth = np.asarray(gt_dist, dtype=np.float64)[:, k - 1 : k]
         fd = np.asarray(found_dist, dtype=np.float64)[:, :k]
         hit |= (f >= 0) & (fd <= kth + rtol * np.abs(kth) + 1e-6)
-    return float(hit.sum()) / (f.shape[0] * k)
+    return hit.sum(axis=1) / k

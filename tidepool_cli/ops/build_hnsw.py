@@ -7,7 +7,9 @@ from pathlib import Path
 from tidepool_cli.engine import hnsw
 from tidepool_cli.engine.calibrate import calibrate, geometric_ladder
 from tidepool_cli.errors import InvalidInputError
-from tidepool_cli.ops.indexing import BuildResult, build_indexes, engine_progress
+from tidepool_cli.ops.indexing import BuildResult, build_indexes, calibration_params, engine_progress
+from tidepool_cli.ops.paths import HnswPath, required_recall
+from tidepool_cli.ops.planner import DEFAULT_RECALL, check_recall
 from tidepool_cli.ops.progress import NULL_PROGRESS, Progress
 from tidepool_cli.storage.lock import DEFAULT_LOCK_TIMEOUT
 from tidepool_cli.storage.sidecars import write_hnsw
@@ -21,6 +23,7 @@ def build_hnsw(
     force: bool = False,
     min_rows: int = hnsw.MIN_ROWS_FOR_GRAPH,
     seed: int = 0,
+    recall: float = DEFAULT_RECALL,
     lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
     progress: Progress = NULL_PROGRESS,
 ) -> BuildResult:
@@ -28,8 +31,9 @@ def build_hnsw(
 
     Each graph is then calibrated (:func:`~tidepool_cli.engine.calibrate.calibrate`): the
     smallest ef_search whose recall@10 on a sample of the segment's own rows reaches the
-    target is stored with it (manifest params ``ef_search``, ``calibrated_recall``) and
-    becomes the segment's default at query time.
+    target is stored with it (manifest params ``ef_search``, ``calibrated_recall``), with
+    the whole measured curve (``curve``: ef_search -> recall and time) and the timed exact
+    scan (``exact_cost``) that the planner's cost model reads.
 
     Parameters
     ----------
@@ -42,6 +46,9 @@ def build_hnsw(
         Rebuild segments that already have a graph.
     min_rows : int
         Segments with fewer rows stay on exact scan, which is faster there.
+    recall : float
+        recall@10 target in (0, 1] of the calibrated default (stored as ``recall_target``;
+        queries use it unless they pass ``--recall``).
     seed : int
         Seed of the level draws and of any sampling in the build.
     lock_timeout : float
@@ -54,9 +61,10 @@ def build_hnsw(
     Raises
     ------
     InvalidInputError
-        M < 2 or ef_construction < 1.
+        M < 2, ef_construction < 1, or ``recall`` outside (0, 1].
     IndexNotFoundError, CorruptIndexError, LockTimeoutError, StorageIOError
     """
+    check_recall(recall)
     if m < 2 or ef_construction < 1:
         raise InvalidInputError(f"need --m >= 2 and --ef-construction >= 1, got {m} and {ef_construction}")
 
@@ -64,12 +72,12 @@ def build_hnsw(
         callback = engine_progress(prog, f"hnsw {seg.name}", seg.rows)
         graph = hnsw.build_hnsw(seg.vectors, metric, m=m, ef_construction=ef_construction, seed=seed, progress=callback)
         prog.finish()
-        ef_search, recall = calibrate(
+        cal = calibrate(
             lambda xq, k, ef, rows: hnsw.search_hnsw(
                 graph, seg.vectors, xq, k, ef_search=ef, xb_sqnorms=seg.sqnorms, exclude=rows
             ),
             seg.vectors, metric, geometric_ladder(hnsw.DEFAULT_EF_SEARCH, hnsw.MAX_CALIBRATED_EF_SEARCH),
-            target=hnsw.CALIBRATION_TARGET,
+            target=required_recall(recall, HnswPath.miss_ratio),
             xb_sqnorms=seg.sqnorms,
         )
         st = graph.stats()
@@ -79,8 +87,8 @@ def build_hnsw(
             "max_level": st["max_level"],
             "nodes_per_level": [lv["nodes"] for lv in st["levels"]],
             "avg_out_degree": [lv["avg_out_degree"] for lv in st["levels"]],
-            "ef_search": ef_search,
-            "calibrated_recall": round(recall, 4),
+            **calibration_params(cal, "ef_search"),
+            "recall_target": recall,
         }
         return write_hnsw(seg.layout, seg.entry, graph, params)
 

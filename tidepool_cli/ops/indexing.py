@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from tidepool_cli.engine.calibrate import Calibration
 from tidepool_cli.errors import CorruptIndexError
 from tidepool_cli.ops.progress import NULL_PROGRESS, Progress
 from tidepool_cli.ops.view import IndexView
@@ -90,6 +91,29 @@ def engine_progress(progress: Progress, label: str, rows: int) -> Callable[[int,
         state["done"] = now
 
     return callback
+
+
+def calibration_params(cal: Calibration, knob: str) -> dict[str, Any]:
+    """Manifest index params of a calibration: the default ``knob``, its recall, the curve.
+
+    Parameters
+    ----------
+    cal : Calibration
+    knob : {"ef_search", "nprobe"}
+
+    Returns
+    -------
+    dict
+        ``{knob: default, "calibrated_recall": r, "curve": [{knob, "recall", "seconds":
+        [[nq, s], ...]}, ...], "exact_cost": {"seconds": [[nq, s], ...]}}`` (see
+        :mod:`tidepool_cli.ops.paths` for how the planner reads them).
+    """
+    return {
+        knob: cal.setting,
+        "calibrated_recall": round(cal.recall, 4),
+        "curve": [p.to_dict(knob) for p in cal.curve],
+        "exact_cost": {"seconds": cal.exact.to_dict(knob)["seconds"]},
+    }
 
 
 def build_indexes(

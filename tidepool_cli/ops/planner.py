@@ -1,22 +1,16 @@
-"""Per-source access-path choice: which index answers a query batch on one segment.
+"""The planner: per source and per query batch, the cheapest access path that meets a recall.
 
-For each source (a segment, or the WAL tail) the planner picks:
+Every path of :data:`tidepool_cli.ops.paths.PATHS` that can answer on a source offers a
+plan (its knob for the recall target, the recall its build measured there, its cost as
+estimated by the cost model documented in :mod:`tidepool_cli.ops.paths`). The planner
+keeps the offers whose recall reaches the target (exact scans always do) and takes the
+cheapest: by estimated seconds when every offer has measured costs, else by distance
+evaluations (indexes built before costs were measured).
 
-* ``hnsw`` — the segment's HNSW graph (batched beam search), when it has one;
-* ``ivf`` — the segment's IVF index (batched probing), when it has one and no graph,
-  or when the query sets ``nprobe``;
-* ``exact`` — the blocked exact scan: the WAL tail, segments without an index (those
-  below the build's minimum size stay so on purpose: a scan is faster there), ``--exact``,
-  and *selective filters*. When the rows a query may return are fewer than
-  :data:`tidepool_cli.engine.hnsw.FILTER_EXACT_BELOW` (25%) of a segment, counted exactly
-  from the filter mask, an index would visit mostly rejected rows, so the planner scans
-  just the allowed rows instead (``exact-filtered``): as fast there as the graph, exact,
-  and never short of k results. The same threshold serves IVF, whose probed lists thin
-  out the same way.
-
-Without ``--ef-search`` / ``--nprobe`` each segment is searched at the effort its build
-calibrated on its own rows (recall@10 of 0.965 on a sample; older indexes without a
-calibrated value use the engine defaults).
+Forcing: ``exact`` allows only the exact scans (the filtered one when a filter makes it
+cheaper); ``ef_search`` / ``nprobe`` force the path they name, at that knob, on every
+segment that has its index (both set: the cheaper of the two). The WAL tail and
+segments without an index are always scanned exactly.
 
 A sidecar that fails its checksums is reported once as a warning and the segment falls
 back to exact search, so a damaged index never returns wrong results.
@@ -29,12 +23,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tidepool_cli.engine.topk import knn
-from tidepool_cli.errors import CorruptIndexError, UnsupportedFormatError
+from tidepool_cli.errors import InvalidInputError
+from tidepool_cli.ops.paths import PATHS, AccessPath, Batch, Plan, SourceWork, timed_run
 from tidepool_cli.ops.view import Source
 
-# The graph and IVF modules (and the ID codecs behind them) are imported only when a
-# segment has such an index: a plain exact query should not pay for their import.
+DEFAULT_RECALL = 0.95
+"""recall@10 a query gets unless it asks (``--recall``) or the build set another target."""
+
+RECALL_SLACK = 1e-9
+"""Float tolerance when a plan's recall is compared with the target (0.95 stored as 0.9500...1)."""
 
 
 @dataclass(frozen=True)
@@ -46,29 +43,98 @@ class SearchParams:
     exact : bool
         Force exact search on every source.
     ef_search : int or None
-        HNSW beam width (None: each segment's calibrated value, see ``build-hnsw``).
+        Force the HNSW path at this beam width where a segment has a graph.
     nprobe : int or None
-        IVF lists probed per query (None: each segment's calibrated value, see
-        ``build-ivf``); setting it prefers IVF.
+        Force the IVF path probing this many lists where a segment has an IVF index.
+    recall : float or None
+        recall@10 target in (0, 1]; None: each segment's build target
+        (``recall_target`` in its index params), else :data:`DEFAULT_RECALL`.
     """
 
     exact: bool = False
     ef_search: int | None = None
     nprobe: int | None = None
+    recall: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.recall is not None:
+            check_recall(self.recall)
 
 
-def choose_path(src: Source, allowed_fraction: float, params: SearchParams) -> str:
-    """The access path for one source: "hnsw", "ivf", "exact" or "exact-filtered"."""
-    available = src.segment.entry.indexes if src.segment is not None else {}
-    if params.exact or not available:
-        return "exact"
-    from tidepool_cli.engine.hnsw import FILTER_EXACT_BELOW
+def check_recall(recall: float) -> None:
+    """Refuse a recall target outside (0, 1].
 
-    if allowed_fraction < FILTER_EXACT_BELOW:
-        return "exact-filtered"
-    if "ivf" in available and (params.nprobe is not None or "hnsw" not in available):
-        return "ivf"
-    return "hnsw" if "hnsw" in available else "exact"
+    Raises
+    ------
+    InvalidInputError
+    """
+    if not 0.0 < recall <= 1.0:
+        raise InvalidInputError(f"--recall must be in (0, 1], got {recall}")
+
+
+def segment_target(src: Source, params: SearchParams) -> float:
+    """The recall@10 target on ``src``: the query's, else the build's, else :data:`DEFAULT_RECALL`.
+
+    Parameters
+    ----------
+    src : Source
+    params : SearchParams
+
+    Returns
+    -------
+    float
+    """
+    if params.recall is not None:
+        return params.recall
+    if src.segment is not None:
+        targets = [e.params["recall_target"] for e in src.segment.entry.indexes.values() if "recall_target" in e.params]
+        if targets:
+            return float(max(targets))
+    return DEFAULT_RECALL
+
+
+def offers(src: Source, batch: Batch, params: SearchParams) -> list[tuple[AccessPath, Plan]]:
+    """The plans the eligible paths make for ``batch`` on ``src`` (before the choice).
+
+    Eligible: the forced paths (``ef_search``, ``nprobe``) where the source has their
+    index; otherwise every path that can answer (only exact scans with ``exact``).
+    """
+    target = segment_target(src, params)
+    forced = {p.knob: getattr(params, p.knob) for p in PATHS if p.knob and getattr(params, p.knob) is not None}
+    usable = [p for p in PATHS if p.can_answer(src, batch)]
+    named = [p for p in usable if p.knob in forced]
+    if params.exact:
+        usable = [p for p in usable if p.sidecar is None]
+    elif named:
+        usable = named
+    return [(p, p.offer(src, batch, target, forced.get(p.knob))) for p in usable]
+
+
+def choose(src: Source, batch: Batch, params: SearchParams) -> tuple[AccessPath, Plan]:
+    """The plan that answers ``batch`` on ``src``.
+
+    Parameters
+    ----------
+    src : Source
+    batch : Batch
+    params : SearchParams
+
+    Returns
+    -------
+    path : AccessPath
+    plan : Plan
+        The cheapest offer whose recall meets the target (a forced path meets it by
+        definition; when none does, the cheapest of all, which is then the exact scan).
+    """
+    target = segment_target(src, params)
+    options = offers(src, batch, params)
+    forced = not params.exact and any(p.knob is not None and getattr(params, p.knob) is not None for p, _ in options)
+    meeting = [(p, plan) for p, plan in options if forced or plan.recall >= target - RECALL_SLACK] or options
+    if all(plan.seconds is not None for _, plan in meeting):
+        key = lambda o: o[1].seconds  # noqa: E731
+    else:
+        key = lambda o: o[1].distances  # noqa: E731
+    return min(meeting, key=key)  # min keeps the first of equal costs: PATHS order
 
 
 def search_source(
@@ -79,7 +145,9 @@ def search_source(
     metric: str,
     params: SearchParams,
     warn: Callable[[str], None],
-) -> tuple[np.ndarray, np.ndarray, str]:
+    n_allowed: int | None = None,
+    plans: dict | None = None,
+) -> tuple[np.ndarray, np.ndarray, SourceWork]:
     """Top-k of one source for a batch of prepared queries.
 
     Parameters
@@ -93,46 +161,32 @@ def search_source(
     params : SearchParams
     warn : callable(str)
         Receives the warning about a damaged sidecar.
+    n_allowed : int, optional
+        ``allowed.sum()`` when the caller knows it.
+    plans : dict, optional
+        The caller's cache of choices for this source, keyed by batch shape: a stream of
+        one-query batches plans once.
 
     Returns
     -------
     D : (nq, k) float32
     I : (nq, k) int64
         Positions in the source, -1 padded.
-    path : str
-        The access path used.
+    work : SourceWork
+        The path used and what it did.
     """
-    n_allowed = int(np.count_nonzero(allowed))
-    path = choose_path(src, n_allowed / max(src.rows, 1), params)
+    if n_allowed is None:
+        n_allowed = int(np.count_nonzero(allowed))
+    batch = Batch(xq.shape[0], k, src.rows, n_allowed, src.vectors.shape[1])
+    key = (batch, params)
+    if plans is None or key not in plans or not plans[key][0].can_answer(src, batch):
+        chosen = choose(src, batch, params)
+        if plans is not None:
+            plans[key] = chosen
+    path, plan = plans[key] if plans is not None else chosen
     mask = None if n_allowed == src.rows else allowed
-    if path in ("hnsw", "ivf"):
-        index = _load(src, path, warn)
-        calibrated = src.segment.entry.indexes[path].params
-        if index is not None and path == "hnsw":
-            from tidepool_cli.engine.hnsw import search_hnsw
-
-            ef = params.ef_search if params.ef_search is not None else calibrated.get("ef_search")
-            D, I = search_hnsw(index, src.vectors, xq, k, ef_search=ef, allowed=mask, xb_sqnorms=src.sqnorms)
-            return D, I, path
-        if index is not None:
-            from tidepool_cli.engine.ivf import search_ivf
-
-            nprobe = params.nprobe if params.nprobe is not None else calibrated.get("nprobe")
-            D, I = search_ivf(index, src.vectors, xq, k, nprobe=nprobe, allowed=mask, xb_sqnorms=src.sqnorms)
-            return D, I, path
-        path = "exact"
-    D, I = knn(xq, src.vectors, k, metric, xb_sqnorms=src.sqnorms, allowed=mask)
-    return D, I, path
-
-
-def _load(src: Source, key: str, warn: Callable[[str], None]):
-    """The segment's sidecar ``key``, loaded once; None (with a warning) if it is damaged."""
-    if key not in src.indexes:
-        from tidepool_cli.storage.sidecars import open_sidecar
-
-        try:
-            src.indexes[key] = open_sidecar(src.segment.layout, src.segment.entry, key)
-        except (CorruptIndexError, UnsupportedFormatError) as exc:
-            warn(f"{exc}; using exact search on {src.name} instead")
-            src.indexes[key] = None
-    return src.indexes[key]
+    out, work = timed_run(path, src, plan, xq, k, mask, metric, warn, n_allowed)
+    if out is None:  # damaged sidecar: the exact scan answers
+        fallback = PATHS[0]
+        out, work = timed_run(fallback, src, fallback.offer(src, batch, 1.0, None), xq, k, mask, metric, warn, n_allowed)
+    return out[0], out[1], work

@@ -9,6 +9,9 @@ distance, ties broken by id.
 
 from __future__ import annotations
 
+import dataclasses
+import sys
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,11 +23,45 @@ from tidepool_cli.engine.distances import prepare_queries
 from tidepool_cli.engine.filters import check_filter, evaluate, parse_filter
 from tidepool_cli.errors import InvalidInputError
 from tidepool_cli.ops.inputs import read_input
+from tidepool_cli.ops.paths import SourceWork
 from tidepool_cli.ops.planner import SearchParams, search_source
+from tidepool_cli.ops.querystream import stdin_is_lines, stream_lines
 from tidepool_cli.ops.view import IndexView, Source
 
 QUERY_BATCH_ROWS = 4096
 """Queries read and answered per batch from a file or stdin."""
+
+
+@dataclass(frozen=True)
+class BatchExplain:
+    """What answering one query batch did (``query --explain``; JSON schema in README.md).
+
+    Attributes
+    ----------
+    first : int
+        Number of the batch's first query in the whole input.
+    queries : int
+        Queries in the batch.
+    k : int
+    recall_target : float or None
+        The recall@10 asked for (None: each segment's build target).
+    sources : list of SourceWork
+        Per source (segment or WAL tail): path, knobs, work and time.
+    seconds : float
+        Wall time of the whole batch, merge and id/attribute lookup included.
+    """
+
+    first: int
+    queries: int
+    k: int
+    recall_target: float | None
+    sources: list[SourceWork]
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON form."""
+        return {"first": self.first, "queries": self.queries, "k": self.k, "recall_target": self.recall_target,
+                "sources": [w.to_dict() for w in self.sources], "seconds": float(f"{self.seconds:.3g}")}
 
 
 @dataclass(frozen=True)
@@ -45,6 +82,8 @@ class QueryResults:
         Per query and result, the row's attributes (missing ones omitted).
     paths : dict of str to str
         Access path used per source ("exact", "hnsw", "ivf", "exact-filtered").
+    explain : BatchExplain or None
+        What each source did for this batch.
     """
 
     metric: str
@@ -53,6 +92,7 @@ class QueryResults:
     distances: np.ndarray
     attributes: list[list[dict[str, Any]]]
     paths: dict[str, str]
+    explain: BatchExplain | None = None
 
     def to_dicts(self) -> list[dict[str, Any]]:
         """JSON form: one object per query (the schema documented in README.md)."""
@@ -103,6 +143,8 @@ class Searcher:
             allowed = src.live if expr is None else src.live & evaluate(expr, src.column, src.rows)
             if allowed.any():
                 self.sources.append((src, allowed))
+        self.n_allowed = [int(np.count_nonzero(a)) for _, a in self.sources]
+        self.plans: list[dict] = [{} for _ in self.sources]
 
     def search(self, queries: np.ndarray, k: int, first: int = 0) -> QueryResults:
         """The k nearest live rows that pass the filter, for each query.
@@ -128,17 +170,20 @@ class Searcher:
         queries = np.asarray(queries)
         if queries.ndim != 2 or queries.shape[1] != self.settings.dim:
             raise InvalidInputError(f"queries have shape {queries.shape}; the index has dimension {self.settings.dim}")
+        t0 = time.perf_counter()
         xq = prepare_queries(queries, self.settings.metric)
         nq = xq.shape[0]
-        parts_d, parts_src, parts_pos, paths = [], [], [], {}
+        parts_d, parts_src, parts_pos, paths, work = [], [], [], {}, []
         for j, (src, allowed) in enumerate(self.sources):
-            D, I, path = search_source(src, allowed, xq, k, self.settings.metric, self.params, self.warn)
-            paths[src.name] = path
+            D, I, done = search_source(src, allowed, xq, k, self.settings.metric, self.params, self.warn, self.n_allowed[j], self.plans[j])
+            paths[src.name] = done.path
+            work.append(done)
             parts_d.append(D)
             parts_pos.append(I)
             parts_src.append(np.full(I.shape, j, np.int32))
         if not parts_d:
-            return QueryResults(self.settings.metric, first, [[] for _ in range(nq)], np.zeros((nq, 0), np.float32), [[] for _ in range(nq)], paths)
+            explain = BatchExplain(first, nq, k, self.params.recall, work, time.perf_counter() - t0)
+            return QueryResults(self.settings.metric, first, [[] for _ in range(nq)], np.zeros((nq, 0), np.float32), [[] for _ in range(nq)], paths, explain)
         D = np.concatenate(parts_d, axis=1)
         I = np.concatenate(parts_pos, axis=1)
         S = np.concatenate(parts_src, axis=1)
@@ -147,7 +192,9 @@ class Searcher:
         D = np.take_along_axis(D, order, 1)
         I = np.take_along_axis(I, order, 1)
         S = np.take_along_axis(S, order, 1)
-        return self._results(first, D, I, S, paths)
+        res = self._results(first, D, I, S, paths)
+        explain = BatchExplain(first, nq, k, self.params.recall, work, time.perf_counter() - t0)
+        return dataclasses.replace(res, explain=explain)
 
     def _gather_ids(self, S: np.ndarray, I: np.ndarray) -> np.ndarray:
         """External ids of candidates (padding gets a value that sorts last among ties)."""
@@ -196,6 +243,11 @@ def query_file(index: str | Path, source: str | Path, k: int, *, input_format: s
                params: SearchParams | None = None, warn: Callable[[str], None] | None = None) -> Iterator[QueryResults]:
     """Answer every query vector of a file or stdin, batch by batch.
 
+    JSONL on standard input is answered as it arrives
+    (:func:`~tidepool_cli.ops.querystream.stream_lines`): each
+    result is yielded as soon as its line is read, while lines that are already waiting
+    are answered together as one batch. Files are read in :data:`QUERY_BATCH_ROWS` batches.
+
     Parameters
     ----------
     index : str or Path
@@ -210,10 +262,14 @@ def query_file(index: str | Path, source: str | Path, k: int, *, input_format: s
     QueryResults
     """
     searcher = Searcher(index, filter=filter, params=params, warn=warn)
+    if str(source) == "-" and input_format in ("auto", "jsonl") and stdin_is_lines():
+        batches = stream_lines(sys.stdin.buffer, QUERY_BATCH_ROWS)
+    else:
+        batches = ((b.first_row, b.vectors) for b in read_input(source, input_format, QUERY_BATCH_ROWS))
     answered = False
-    for batch in read_input(source, input_format, QUERY_BATCH_ROWS):
+    for first, vectors in batches:
         answered = True
-        yield searcher.search(batch.vectors, k, first=batch.first_row)
+        yield searcher.search(vectors, k, first=first)
     if not answered:  # an empty input still gets a (empty) result
         yield searcher.search(np.zeros((0, searcher.settings.dim), np.float32), k)
 

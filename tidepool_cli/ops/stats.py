@@ -69,13 +69,14 @@ class StatsResult:
     indexes: dict[str, dict[str, Any]] = field(default_factory=dict)
     verified: bool = False
     problems: list[str] = field(default_factory=list)
+    recall_queries: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form."""
         return asdict(self)
 
 
-def stats(index: str | Path, *, verify: bool = False) -> StatsResult:
+def stats(index: str | Path, *, verify: bool = False, recall_queries: str | Path | None = None) -> StatsResult:
     """Report on the index at ``index``.
 
     Parameters
@@ -84,6 +85,10 @@ def stats(index: str | Path, *, verify: bool = False) -> StatsResult:
     verify : bool
         Re-read every checksum of every referenced file and pending WAL file and list
         each damaged part in ``problems`` (the report is still returned).
+    recall_queries : str or Path, optional
+        A query file: ``recall_queries`` then reports the recall@10 the default query
+        paths deliver on it (:func:`~tidepool_cli.ops.recall_check.delivered_recall`);
+        the index is only read.
 
     Returns
     -------
@@ -145,7 +150,16 @@ def stats(index: str | Path, *, verify: bool = False) -> StatsResult:
         _index_totals(manifest),
         verify,
         problems,
+        _delivered(index, recall_queries),
     )
+
+
+def _delivered(index: str | Path, queries: str | Path | None) -> dict[str, Any] | None:
+    if queries is None:
+        return None
+    from tidepool_cli.ops.recall_check import delivered_recall
+
+    return delivered_recall(index, queries).to_dict()
 
 
 def _index_info(entry) -> dict[str, dict[str, Any]]:

@@ -11,47 +11,53 @@ from tidepool_cli.cli.output import TqdmProgress, emit_json, handle_errors, info
 from tidepool_cli.storage.lock import DEFAULT_LOCK_TIMEOUT
 
 Force = Annotated[bool, typer.Option("--force", help="Rebuild segments that already have this index.")]
+Recall = Annotated[float | None, typer.Option("--recall", min=0.0, max=1.0, help="recall@10 target of the calibrated default that queries use (default 0.95).")]
 Seed = Annotated[int, typer.Option("--seed", help="Seed of the randomised parts of the build (equal seeds, equal index).")]
 
 
 def build_hnsw(
     index: IndexArg,
-    m: Annotated[int, typer.Option("--m", min=2, help="M: neighbours per node on upper layers (2M on layer 0).")] = 16,
-    ef_construction: Annotated[int, typer.Option("--ef-construction", min=1, help="Candidate-list size of the build.")] = 200,
+    m: Annotated[int | None, typer.Option("--m", min=2, help="M: neighbours per node on upper layers (2M on layer 0; default 16).")] = None,
+    ef_construction: Annotated[int | None, typer.Option("--ef-construction", min=1, help="Candidate-list size of the build (default 200).")] = None,
     force: Force = False,
     min_rows: Annotated[int | None, typer.Option("--min-rows", min=0, help="Segments with fewer rows stay on exact scan (default 10000).")] = None,
     seed: Seed = 0,
+    recall: Recall = None,
     lock_timeout: LockTimeout = DEFAULT_LOCK_TIMEOUT,
     json_out: JsonFlag = False,
 ) -> None:
     """Build an HNSW graph for every segment of INDEX that lacks one."""
-    from tidepool_cli.engine.hnsw import MIN_ROWS_FOR_GRAPH
     from tidepool_cli.ops.build_hnsw import build_hnsw as run
 
     with handle_errors():
-        res = run(index, m=m, ef_construction=ef_construction, force=force, seed=seed, lock_timeout=lock_timeout,
-                  min_rows=MIN_ROWS_FOR_GRAPH if min_rows is None else min_rows, progress=TqdmProgress())
+        given = _given(m=m, ef_construction=ef_construction, min_rows=min_rows, recall=recall)
+        res = run(index, force=force, seed=seed, lock_timeout=lock_timeout, progress=TqdmProgress(), **given)
     _report(res, json_out)
 
 
 def build_ivf(
     index: IndexArg,
     nlist: Annotated[int | None, typer.Option("--nlist", min=1, help="Posting lists per segment (default about 4*sqrt(rows)).")] = None,
-    id_codec: Annotated[Literal["ans", "roc", "elias-fano", "raw"], typer.Option("--id-codec", help="Posting-list codec: ans | roc | elias-fano | raw.")] = "ans",
+    id_codec: Annotated[Literal["ans", "roc", "elias-fano", "raw"] | None, typer.Option("--id-codec", help="Posting-list codec: ans | roc | elias-fano | raw (default ans).")] = None,
     force: Force = False,
     min_rows: Annotated[int | None, typer.Option("--min-rows", min=0, help="Segments with fewer rows stay on exact scan (default 4096).")] = None,
     seed: Seed = 0,
+    recall: Recall = None,
     lock_timeout: LockTimeout = DEFAULT_LOCK_TIMEOUT,
     json_out: JsonFlag = False,
 ) -> None:
     """Build a k-means IVF index with compressed posting lists for every segment of INDEX that lacks one."""
-    from tidepool_cli.ops.build_ivf import MIN_ROWS_FOR_IVF
     from tidepool_cli.ops.build_ivf import build_ivf as run
 
     with handle_errors():
-        res = run(index, nlist=nlist, id_codec=id_codec, force=force, seed=seed, lock_timeout=lock_timeout,
-                  min_rows=MIN_ROWS_FOR_IVF if min_rows is None else min_rows, progress=TqdmProgress())
+        given = _given(nlist=nlist, id_codec=id_codec, min_rows=min_rows, recall=recall)
+        res = run(index, force=force, seed=seed, lock_timeout=lock_timeout, progress=TqdmProgress(), **given)
     _report(res, json_out)
+
+
+def _given(**options):
+    """The options the user set: the rest take the ops function's own defaults."""
+    return {k: v for k, v in options.items() if v is not None}
 
 
 def _report(res, json_out: bool) -> None:

@@ -23,9 +23,11 @@ def query(
     k: Annotated[int, typer.Option("-k", "--k", min=1, help="Neighbours per query.")] = 10,
     filter: Annotated[str | None, typer.Option("--filter", help="Attribute filter, e.g. \"color = 'red' and price < 10\".")] = None,
     format: Annotated[Literal["json", "jsonl", "table"], typer.Option("--format", help="json | jsonl | table.")] = "json",
-    ef_search: Annotated[int | None, typer.Option("--ef-search", min=1, help="HNSW beam width (default: calibrated per segment by build-hnsw).")] = None,
-    nprobe: Annotated[int | None, typer.Option("--nprobe", min=1, help="IVF lists probed per query (default: calibrated per segment by build-ivf).")] = None,
+    ef_search: Annotated[int | None, typer.Option("--ef-search", min=1, help="Force the HNSW path at this beam width where a segment has a graph (default: the planner picks path and setting).")] = None,
+    nprobe: Annotated[int | None, typer.Option("--nprobe", min=1, help="Force the IVF path probing this many lists where a segment has an IVF index (default: the planner picks).")] = None,
     exact: Annotated[bool, typer.Option("--exact", help="Exact search everywhere, ignoring HNSW/IVF indexes.")] = False,
+    recall: Annotated[float | None, typer.Option("--recall", min=0.0, max=1.0, help="recall@10 target: each segment takes the cheapest path and smallest knob its calibration says reach it (default: the build's target, 0.95).")] = None,
+    explain: Annotated[bool, typer.Option("--explain", help="Add, per query batch and source, the path, knobs, work done and time (see README).")] = False,
 ) -> None:
     """k nearest neighbours of each query in INDEX, as JSON on stdout."""
     from tidepool_cli.ops.planner import SearchParams
@@ -37,12 +39,12 @@ def query(
             raise InvalidInputError(f"unknown --format {format!r}; choose json, jsonl or table")
         if (vector is None) == (input is None):
             raise InvalidInputError("give exactly one of --vector and --input")
-        params = SearchParams(exact=exact, ef_search=ef_search, nprobe=nprobe)
+        params = SearchParams(exact=exact, ef_search=ef_search, nprobe=nprobe, recall=recall)
         if vector is not None:
             results = iter([run_one(index, _parse_vector(vector), k, filter=filter, params=params, warn=warn)])
         else:
             results = query_file(index, input, k, input_format=input_format, filter=filter, params=params, warn=warn)
-        _write(results, format, k)
+        _write(results, format, k, explain)
         sys.stdout.flush()
 
 
@@ -62,7 +64,8 @@ def _parse_vector(text: str):
     return arr
 
 
-def _write(results, fmt: str, k: int) -> None:
+def _write(results, fmt: str, k: int, explain: bool) -> None:
+    """Render results as they come, flushing after every batch (a pipe gets each answer at once)."""
     out = sys.stdout
     if fmt == "table":
         from rich.console import Console
@@ -77,13 +80,18 @@ def _write(results, fmt: str, k: int) -> None:
                 for r, (i, d, a) in enumerate(zip(item["ids"], item["distances"], item["attributes"]), start=1):
                     table.add_row(str(r), str(i), f"{d:.6g}", json.dumps(a, ensure_ascii=False) if a else "")
                 console.print(table)
+            if explain:
+                sys.stderr.write(json.dumps({"explain": res.explain.to_dict()}) + "\n")
         return
     if fmt == "jsonl":
         for res in results:
             for item in res.to_dicts():
                 out.write(json.dumps(item, ensure_ascii=False) + "\n")
+            if explain:
+                out.write(json.dumps({"explain": res.explain.to_dict()}) + "\n")
+            out.flush()
         return
-    count = 0
+    count, batches = 0, []
     for res in results:
         if count == 0:
             out.write(f'{{"k": {k}, "metric": {json.dumps(res.metric)}, "results": [')
@@ -91,7 +99,10 @@ def _write(results, fmt: str, k: int) -> None:
         for item in res.to_dicts():
             out.write(("" if count == 1 else ", ") + json.dumps(item, ensure_ascii=False))
             count += 1
-    out.write("]}\n")
+        if explain:
+            batches.append(res.explain.to_dict())
+        out.flush()
+    out.write("]" + (f', "explain": {json.dumps(batches)}' if explain else "") + "}\n")
 
 
 def register(app: typer.Typer) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -16,16 +17,19 @@ def stats(
     index: IndexArg,
     json_out: JsonFlag = False,
     verify: Annotated[bool, typer.Option("--verify", help="Re-read every checksum; exit 5 naming each damaged part.")] = False,
+    recall_queries: Annotated[Path | None, typer.Option("--recall-queries", help="Query file: report the recall@10 the default query paths deliver on it, against exact search (read only).")] = None,
 ) -> None:
     """Rows, segments, WAL backlog, bytes on disk by kind, index parameters, health."""
     from tidepool_cli.ops.stats import stats as run
 
     with handle_errors():
-        res = run(index, verify=verify)
+        res = run(index, verify=verify, recall_queries=recall_queries)
     if json_out:
         emit_json(res.to_dict())
     else:
         _table(res)
+        if res.recall_queries:
+            _recall_line(res.recall_queries)
     if res.problems:
         for p in res.problems:
             sys.stderr.write(f"Error: {p}\n")
@@ -78,12 +82,43 @@ def _table(res) -> None:
         for s in res.segments:
             segs.add_row(s.name, f"{s.rows:,}", f"{s.live:,}", f"{s.deleted:,}", _fmt_bytes(s.bytes), "\n".join(_index_summary(k, v) for k, v in s.indexes.items()) or "-")
         console.print(segs)
+    _curves(console, res)
     ivf = res.indexes.get("ivf")
     if ivf:
         console.print(
             f"IVF posting lists over {ivf['segments']} segments ({', '.join(ivf['codecs'])}): {ivf['bits_per_id']:.3f} bits/ID; "
             f"bound log2 C(N,n)/n {ivf['bound_bits_per_id']:.3f}; Elias-Fano {ivf['elias_fano_bits_per_id']:.3f}; raw {ivf['raw_bits_per_id']:.0f}"
         )
+
+
+def _curves(console, res) -> None:
+    """One table of every calibration curve: knob -> recall@10 on sampled rows and time."""
+    from rich.table import Table
+
+    rows = [(s.name, kind, p) for s in res.segments for kind, p in s.indexes.items() if p.get("curve")]
+    if not rows:
+        return
+    table = Table(title="calibration curves: knob:recall@10 on sampled rows (ms per query in the largest timed batch / alone)", title_justify="left")
+    for col in ("segment", "index", "knob", "curve"):
+        table.add_column(col)
+    for name, kind, p in rows:
+        knob = next(k for k in p["curve"][0] if k not in ("recall", "seconds"))
+        points = "  ".join(f"{c[knob]}:{c['recall']:.3f} ({_ms_per_query(c['seconds'])})" for c in p["curve"])
+        table.add_row(name, kind, knob, points)
+    console.print(table)
+
+
+def _ms_per_query(seconds: list) -> str:
+    (b0, t0), (b1, t1) = seconds[0], seconds[-1]
+    return f"{t1 / b1 * 1e3:.3g}/{t0 / b0 * 1e3:.3g}"
+
+
+def _recall_line(rep: dict) -> None:
+    paths = ", ".join(sorted({p for ps in rep["paths"].values() for p in ps})) or "-"
+    sys.stdout.write(
+        f"delivered recall@{rep['k']} on {rep['queries']} queries: {rep['recall_at_k']:.4f} "
+        f"(95% CI {rep['ci_low']:.4f}-{rep['ci_high']:.4f}; paths {paths})\n"
+    )
 
 
 def _index_summary(kind: str, p: dict) -> str:

@@ -56,7 +56,6 @@ from tidepool_cli.engine.ivf.probe import BOUND_LISTS, PROBE_QUERIES, THREADED_G
 from tidepool_cli.engine.ivf.products import SERIAL_GEMM_MNK
 from tidepool_cli.engine.ivf.scan import EXTRA_BOUND_ROUNDS, OPERAND_CACHE_BYTES, FlatLists, ListScorer
 from tidepool_cli.engine.ivf.search import (
-    EXACT_ROWS_PER_LIST,
     PARALLEL_MIN_PAIRS,
     RERANK_FLOATS,
     SCAN_PAIRS,
@@ -65,7 +64,7 @@ from tidepool_cli.engine.ivf.search import (
 )
 
 __all__ = [
-    "ASSIGN_ROWS", "BOUND_LISTS", "CALIBRATION_TARGET", "EXACT_ROWS_PER_LIST", "EXTRA_BOUND_ROUNDS",
+    "ASSIGN_ROWS", "BOUND_LISTS", "CALIBRATION_TARGET", "EXTRA_BOUND_ROUNDS",
     "MAX_POINTS_PER_CENTROID", "MIN_CALIBRATED_NPROBE", "MIN_NPROBE", "NITER", "NPROBE_FRACTION",
     "OPERAND_CACHE_BYTES", "PARALLEL_MIN_PAIRS", "PROBE_QUERIES", "RERANK_FLOATS", "SCAN_PAIRS",
     "SCAN_QUERIES", "SERIAL_GEMM_MNK", "THREADED_GEMM_MNK", "FlatLists", "IvfIndex", "ListScorer",

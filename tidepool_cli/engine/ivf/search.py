@@ -31,11 +31,6 @@ SCAN_PAIRS = 1 << 22
 RERANK_FLOATS = 1 << 24
 """Gathered candidate floats per rerank call (64 MiB)."""
 
-EXACT_ROWS_PER_LIST = 8
-"""A filter leaving fewer rows than this many per list sends the search to exact search:
-on glove-50-angular a 5% filter (7.8 rows per list) took 0.47 s by IVF at recall 0.93
-and 0.26 s by exact search for 2,000 queries."""
-
 PARALLEL_MIN_PAIRS = 1 << 14
 """A batch with fewer (query, probed list) pairs runs on the calling thread alone."""
 
@@ -93,11 +88,9 @@ def search_ivf(
     Notes
     -----
     Every query gets ``min(k, number of allowed rows)`` results: one whose probed lists
-    hold fewer allowed rows is answered by :func:`~tidepool_cli.engine.topk.knn`. When a
-    filter leaves fewer rows than a query would scan anyway (``n * nprobe / nlist``) or
-    fewer than ``EXACT_ROWS_PER_LIST * nlist`` (scoring them costs about what scoring the
-    centroids does), the whole batch goes to exact search, which is then as cheap and
-    exact.
+    hold fewer allowed rows is answered by :func:`~tidepool_cli.engine.topk.knn`. Whether
+    a filter is better served by exact search is the query planner's choice
+    (:mod:`tidepool_cli.ops.paths`), not this kernel's.
 
     Batches of at least ``PARALLEL_MIN_PAIRS`` (query, list) pairs are scored on one
     thread per CPU this process may use, capped by ``OMP_NUM_THREADS``; results do not
@@ -112,8 +105,6 @@ def search_ivf(
         return D, I
     if allowed is not None and n_allowed == n:
         allowed = None
-    if allowed is not None and n_allowed < max(nprobe * n / index.nlist, EXACT_ROWS_PER_LIST * index.nlist):
-        return knn(xq, x, k, index.metric, xb_sqnorms=xb_sqnorms, allowed=allowed)
     kk = candidate_count(k, n_allowed)
     # Threads pay off only when there is enough to share; small batches run inline.
     n_threads = workers() if nq * nprobe >= PARALLEL_MIN_PAIRS else 1
