@@ -158,3 +158,44 @@ def test_cli_prints_json_and_counts_rows(sift_idx):
     assert r.exit_code == 0, r.output
     doc = json.loads(r.stdout.strip().splitlines()[0])
     assert doc["kind"] == "codes" and doc["segments"][0]["codec"] == "f16" and doc["segments"][0]["bytes_per_vector"] == 256 + 12
+
+
+@pytest.mark.parametrize("codec, kw", [("sq8", {}), ("rabitq", {}), ("pq", {"m": 32})])
+def test_quantized_scan_answers_default_queries_with_exact_distances(sift_idx, siftsmall, codec, kw):
+    from tidepool_cli.engine.recall import recall_at_k
+    from tidepool_cli.engine.topk import knn
+    from tidepool_cli.ops.query import query
+
+    xb, xq, gt, _ = siftsmall
+    quantize(sift_idx, codec=codec, **kw)
+    res = query(sift_idx, xq, k=10)
+    work = res.explain.sources[0]
+    assert work.path == "quantized"
+    assert work.distances == xq.shape[0] * xb.shape[0]  # codes scored
+    assert 0 < work.reranked < xq.shape[0] * xb.shape[0] // 10
+    ids = np.array(res.ids)
+    dist = np.asarray(res.distances, dtype=np.float32)
+    assert recall_at_k(ids, gt, 10) >= 0.95
+    D, _ = knn(xq, xb, 10, "l2")
+    np.testing.assert_allclose(dist, D, rtol=1e-5)  # returned distances are exact
+
+
+def test_damaged_codes_are_reported_and_the_segment_searched_exactly(sift_idx, siftsmall):
+    from tidepool_cli.ops.query import query
+
+    xb, xq, _, _ = siftsmall
+    quantize(sift_idx, codec="sq8")
+    layout, entry, ref = codes_ref(sift_idx)
+    path = layout.path(ref.path)
+    off = open_container(path, ref.path, b"QCOD", 1, verify="all").sections["codes"].offset + 5
+    data = bytearray(path.read_bytes())
+    data[off] ^= 0xFF
+    path.write_bytes(bytes(data))
+    from tidepool_cli.ops.planner import SearchParams
+
+    exact = query(sift_idx, xq[:5], k=10, params=SearchParams(exact=True))
+    warnings = []
+    res = query(sift_idx, xq[:5], k=10, warn=warnings.append)
+    assert res.explain.sources[0].path == "exact"
+    assert any("checksum" in w and ref.path in w for w in warnings), warnings
+    assert res.ids == exact.ids

@@ -22,6 +22,10 @@ counted in distance evaluations and bytes of vectors read:
   mean layer-0 out-degree), each a gathered row, then ``ef`` candidates reranked;
 * IVF at ``nprobe``: ``nlist`` centroid distances plus ``nprobe * n / nlist`` list rows
   per query, then the candidates reranked.
+* quantized scan (a segment with codes, ``tidepool quantize``): ``nq * a`` code
+  estimates, each counted as ``bytes_per_vector / (4 d)`` of a distance (a scan reads
+  that fraction of the f32 bytes), plus ``rerank_per_query`` exact f32 distances per
+  query as measured by ``quantize`` on the segment's own rows.
 
 A filter that keeps a fraction ``f = a / n`` thins out what an index visits, so to find
 as many allowed neighbours it must visit ``1 / f`` times as much: the graph widens its
@@ -342,13 +346,16 @@ class FilteredExactScan(ExactScan):
 class _IndexPath(AccessPath):
     """Shared part of paths backed by a sidecar index, loaded once per source."""
 
+    verify = "small"
+    """Checksums checked when the sidecar is loaded (see :func:`~tidepool_cli.storage.sidecars.open_sidecar`)."""
+
     def load(self, src: Source, warn: Callable[[str], None]):
         """The sidecar, or None (warned once) when it fails its checksums."""
         if self.sidecar not in src.indexes:
             from tidepool_cli.storage.sidecars import open_sidecar
 
             try:
-                src.indexes[self.sidecar] = open_sidecar(src.segment.layout, src.segment.entry, self.sidecar)
+                src.indexes[self.sidecar] = open_sidecar(src.segment.layout, src.segment.entry, self.sidecar, verify=self.verify)
             except (CorruptIndexError, UnsupportedFormatError) as exc:
                 warn(f"{exc}; using exact search on {src.name} instead")
                 src.indexes[self.sidecar] = None
@@ -424,7 +431,39 @@ class IvfPath(_IndexPath):
         return search_ivf(index, src.vectors, xq, k, nprobe=plan.knobs[self.knob], allowed=mask, xb_sqnorms=src.sqnorms)
 
 
-PATHS: list[AccessPath] = [ExactScan(), FilteredExactScan(), HnswPath(), IvfPath()]
+class QuantizedScan(_IndexPath):
+    """Scan of the segment's codes, exact f32 rerank of the rows whose bound could make the top k.
+
+    :func:`~tidepool_cli.engine.quantize.cascade.cascade_search`: every returned distance
+    is exact; a row is missed only when its code's error bound fails (the codec's
+    calibrated quantile, or RaBitQ's probabilistic bound), so the plan promises the
+    recall ``quantize`` measured on the segment's rows. The codes are checked in full
+    when loaded (the scan reads them all anyway): a damaged codes sidecar is reported and
+    the segment is searched exactly.
+    """
+
+    name = "quantized"
+    sidecar = "codes"
+    verify = "all"
+
+    def offer(self, src, batch, target, forced):
+        p = self.params(src)
+        code_share = float(p.get("bytes_per_vector", FLOAT_BYTES * batch.dim)) / (FLOAT_BYTES * batch.dim)
+        rerank = int(batch.nq * min(batch.allowed, max(batch.k, float(p.get("rerank_per_query", batch.allowed)))))
+        distances = int(batch.nq * batch.allowed * code_share) + rerank
+        return Plan(self.name, {}, float(p.get("calibrated_recall", 0.0)), None, distances, rerank, rerank)
+
+    def run(self, src, plan, xq, k, mask, metric, warn):
+        qc = self.load(src, warn)
+        if qc is None:
+            return None
+        from tidepool_cli.engine.quantize.cascade import cascade_search
+
+        res = cascade_search(xq, k, qc.quantizer, qc.codes, qc.factors, src.vectors, allowed=mask)
+        return res.distances, res.ids, {"distances": res.scored, "reranked": res.f32_pairs, "rows_read": res.f32_rows}
+
+
+PATHS: list[AccessPath] = [ExactScan(), FilteredExactScan(), HnswPath(), IvfPath(), QuantizedScan()]
 """Every access path, in order of preference among equal costs. Register a new one here."""
 
 
@@ -432,10 +471,15 @@ def timed_run(path: AccessPath, src: Source, plan: Plan, xq, k, mask, metric, wa
     """Run ``plan`` and report what it did: ((D, I) or None, SourceWork)."""
     t0 = time.perf_counter()
     out = path.run(src, plan, xq, k, mask, metric, warn)
-    work = SourceWork(src.name, plan.path, dict(plan.knobs), plan.recall, plan.seconds, plan.distances, plan.reranked,
-                      plan.rows_read, plan.rows_read * src.vectors.shape[1] * FLOAT_BYTES, allowed, time.perf_counter() - t0)
+    # A path that counts its own work returns (D, I, {"distances", "reranked", "rows_read"}).
+    done = out[2] if out is not None and len(out) > 2 else {}
+    out = out[:2] if out is not None else None
+    rows_read = int(done.get("rows_read", plan.rows_read))
+    work = SourceWork(src.name, plan.path, dict(plan.knobs), plan.recall, plan.seconds, int(done.get("distances", plan.distances)),
+                      int(done.get("reranked", plan.reranked)), rows_read, rows_read * src.vectors.shape[1] * FLOAT_BYTES, allowed,
+                      time.perf_counter() - t0)
     return out, work
 
 
-__all__ = ["PATHS", "AccessPath", "Batch", "Plan", "SourceWork", "ExactScan", "FilteredExactScan", "HnswPath", "IvfPath",
+__all__ = ["PATHS", "AccessPath", "Batch", "Plan", "SourceWork", "ExactScan", "FilteredExactScan", "HnswPath", "IvfPath", "QuantizedScan",
            "required_recall", "exact_cost", "timed_run"]

@@ -37,6 +37,11 @@ ENCODE_ROWS = 65536
 MSE_SAMPLE_ROWS = 2048
 """Rows of a segment whose reconstruction error is measured."""
 
+CALIBRATION_QUERIES = 32
+"""Rows of a segment used as queries to measure the cascade (rows reranked, recall@10)."""
+
+CALIBRATION_K = 10
+
 DEFAULT_TRAIN_ROWS = 65536
 
 
@@ -77,7 +82,10 @@ def quantize(
     -------
     BuildResult
         ``kind`` is "codes"; ``segments`` lists each encoded segment's codec parameters,
-        ``code_bytes`` and ``bytes_per_vector`` (codes + factors, bytes) and ``rel_mse``.
+        ``code_bytes`` and ``bytes_per_vector`` (codes + factors, bytes), ``rel_mse``,
+        and the cascade measured on the segment's own rows: ``rerank_per_query`` (f32
+        distances per query at k = 10) and ``calibrated_recall`` (recall@10 against the
+        exact scan).
 
     Raises
     ------
@@ -141,7 +149,8 @@ def encode_segment(layout: Layout, entry: SegmentEntry, vectors: np.ndarray, qua
         progress.advance(len(enc))
     progress.finish()
     params = {**codec_params(quantizer), "code_bytes": n * quantizer.bytes_per_vector,
-              "bytes_per_vector": quantizer.bytes_per_vector, "rel_mse": relative_mse(quantizer, vectors, codes, factors, seed)}
+              "bytes_per_vector": quantizer.bytes_per_vector, "rel_mse": relative_mse(quantizer, vectors, codes, factors, seed),
+              **measure_cascade(quantizer, vectors, codes, factors, seed)}
     return write_codes(layout, entry, QuantizedCodes(quantizer, codes, factors), params)
 
 
@@ -166,6 +175,30 @@ def relative_mse(quantizer: Quantizer, vectors: np.ndarray, codes: np.ndarray, f
     xh = np.asarray(quantizer.decode(np.ascontiguousarray(codes[idx]), np.ascontiguousarray(factors[idx])), dtype=np.float64)
     total = float(np.sum(x * x))
     return round(float(np.sum((x - xh) ** 2)) / total, 6) if total > 0 else 0.0
+
+
+def measure_cascade(quantizer: Quantizer, vectors: np.ndarray, codes: np.ndarray, factors: np.ndarray, seed: int = 0) -> dict[str, float]:
+    """Run the cascade with up to :data:`CALIBRATION_QUERIES` of the segment's rows as queries.
+
+    Returns
+    -------
+    dict
+        ``rerank_per_query``: mean exact f32 distances per query (k = 10), the cost the
+        quantized scan path plans with; ``calibrated_recall``: recall@10 of the cascade
+        against the exact scan (ties within float rounding count as hits).
+    """
+    from tidepool_cli.engine.quantize.cascade import cascade_search
+    from tidepool_cli.engine.recall import recall_at_k
+    from tidepool_cli.engine.topk import knn
+
+    n = vectors.shape[0]
+    k = min(CALIBRATION_K, n)
+    idx = np.arange(n) if n <= CALIBRATION_QUERIES else np.sort(np.random.default_rng(seed + 1).choice(n, CALIBRATION_QUERIES, replace=False))
+    xq = np.asarray(vectors[idx], dtype=np.float32)
+    res = cascade_search(xq, k, quantizer, codes, factors, vectors)
+    D, I = knn(xq, vectors, k, quantizer.metric)
+    recall = recall_at_k(res.ids, I, k, found_dist=res.distances, gt_dist=D)
+    return {"rerank_per_query": round(res.f32_pairs / len(idx), 2), "calibrated_recall": round(float(recall), 4)}
 
 
 def _check_same(quantizer: Quantizer, codec: str, m: int | None, nbits: int | None) -> None:
