@@ -199,3 +199,36 @@ def test_damaged_codes_are_reported_and_the_segment_searched_exactly(sift_idx, s
     assert res.explain.sources[0].path == "exact"
     assert any("checksum" in w and ref.path in w for w in warnings), warnings
     assert res.ids == exact.ids
+
+
+def test_compact_encodes_new_and_merged_segments_with_the_index_quantizer(tmp_path, siftsmall):
+    from tidepool_cli.ops.compact import MERGE_FACTOR
+    from tidepool_cli.ops.query import query
+    from tidepool_cli.engine.topk import knn
+
+    xb, xq, _, _ = siftsmall
+    idx = tmp_path / "idx"
+    parts = np.array_split(xb[:4000], MERGE_FACTOR)
+    np.save(tmp_path / "p0.npy", parts[0])
+    ingest(idx, tmp_path / "p0.npy")
+    compact(idx)
+    quantize(idx, codec="sq8", seed=5)
+    layout = Layout(idx)
+    first = read_current(layout).segments[0]
+    state = open_sidecar(layout, first, "codes").quantizer.state()
+    for i, part in enumerate(parts[1:], start=1):
+        np.save(tmp_path / f"p{i}.npy", part)
+        ingest(idx, tmp_path / f"p{i}.npy")
+        compact(idx)
+    segments = read_current(layout).segments
+    assert all("codes" in e.indexes for e in segments)
+    assert any(e.rows > parts[0].shape[0] for e in segments)  # a merge happened and was encoded
+    for e in segments:
+        other = open_sidecar(layout, e, "codes", verify="all").quantizer.state()
+        assert other[0] == state[0] and all(np.array_equal(other[1][k], state[1][k]) for k in state[1])
+    assert stats(idx, verify=True).problems == []
+    assert quantize(idx, codec="sq8").built == []  # nothing left to encode
+    res = query(idx, xq[:20], k=10)
+    assert {w.path for w in res.explain.sources} == {"quantized"}
+    D, _ = knn(xq[:20], xb[:4000], 10, "l2")
+    np.testing.assert_allclose(np.asarray(res.distances, np.float32), D, rtol=1e-5)

@@ -5,7 +5,9 @@ One run:
 1. reads a snapshot (the current generation and the WAL after it) without the lock;
 2. writes the WAL tail's surviving upserts as one new segment, and for every older
    segment that lost rows to a later upsert or delete, a new deletion vector;
-3. merges segments by a size-tiered policy (below), dropping dead rows;
+3. merges segments by a size-tiered policy (below), dropping dead rows; when the index
+   has a trained quantizer (``tidepool quantize``), every new segment is encoded with it
+   and published with its codes sidecar;
 4. under the writer lock, checks that no other compaction published meanwhile (else
    :class:`~tidepool_cli.errors.ConflictError`, nothing changed), publishes the new
    manifest (carrying over sidecar indexes a concurrent build added), and removes files
@@ -33,6 +35,8 @@ import numpy as np
 from tidepool_cli.engine.columns import concat_columns
 from tidepool_cli.errors import ConflictError, CorruptIndexError
 from tidepool_cli.ops.progress import NULL_PROGRESS, Progress
+from tidepool_cli.ops.quantize import KEY as QUANTIZE_KEY
+from tidepool_cli.ops.quantize import encode_segment, existing_quantizer
 from tidepool_cli.ops.view import IndexView
 from tidepool_cli.storage.atomic import discard
 from tidepool_cli.storage.container import Rows
@@ -40,7 +44,7 @@ from tidepool_cli.storage.gc import DEFAULT_GRACE_SECONDS
 from tidepool_cli.storage.lock import DEFAULT_LOCK_TIMEOUT
 from tidepool_cli.storage.manifest import Manifest, SegmentEntry
 from tidepool_cli.storage.publish import publish
-from tidepool_cli.storage.segment import SegmentData, write_deletions, write_segment
+from tidepool_cli.storage.segment import Segment, SegmentData, write_deletions, write_segment
 
 TIER_BASE_ROWS = 16384
 MERGE_FACTOR = 4
@@ -195,6 +199,7 @@ def compact(
         )
 
     next_segment = base.next_segment
+    quantizer = existing_quantizer(layout, base.segments)  # new segments get codes from the index's quantizer
     new_entries: list[SegmentEntry] = []
     updated: dict[str, SegmentEntry] = {}
     rows_written = 0
@@ -206,7 +211,11 @@ def compact(
                 if bad:
                     raise CorruptIndexError(f"{segs[n].entry.vectors.path}: checksum mismatch in section {bad[0]!r}; not merging it")
             data = _merge_data([sources[n] for n in group], view.schema)
-            new_entries.append(write_segment(layout, f"seg-{next_segment:06d}", data, view.settings.dim))
+            entry = write_segment(layout, f"seg-{next_segment:06d}", data, view.settings.dim)
+            new_entries.append(entry)
+            if quantizer is not None:
+                ref = encode_segment(layout, entry, Segment(layout, entry).vectors, quantizer)
+                new_entries[-1] = replace(entry, indexes={**entry.indexes, QUANTIZE_KEY: ref})
             next_segment += 1
             rows_written += data.rows
             progress.advance(data.rows)
@@ -302,6 +311,8 @@ def _check_unchanged(base: Manifest, current: Manifest, touched: set[str]) -> No
 def _remove_new(layout, entries: list[SegmentEntry], updated: dict[str, SegmentEntry]) -> None:
     for e in entries:
         discard(layout.path(e.vectors.path))
+        for ref in e.indexes.values():
+            discard(layout.path(ref.path))
     for e in updated.values():
         if e.deletions:
             discard(layout.path(e.deletions.path))
