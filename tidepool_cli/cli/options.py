@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 
@@ -15,6 +15,7 @@ LockTimeout = Annotated[
 ]
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
 InputFormat = Annotated[
-    str, typer.Option("--input-format", help="auto | npy | fvecs | bvecs | jsonl (auto: by extension, or sniffed on stdin).")
+    Literal["auto", "npy", "fvecs", "bvecs", "jsonl"],
+    typer.Option("--input-format", help="auto: by extension, or sniffed on stdin."),
 ]
 DEFAULT_LOCK = DEFAULT_LOCK_TIMEOUT

@@ -99,6 +99,7 @@ def stats(index: str | Path, *, verify: bool = False) -> StatsResult:
     wal = list_wal(layout)
     pending = [(seq, p) for seq, p in wal if seq > manifest.wal_applied_through]
     wal_stats = {"files": len(pending), "records": 0, "rows": 0, "deletes": 0, "bytes": sum(_size(p) for _, p in pending)}
+    schema = dict(manifest.schema)
     if problems:
         # Damaged files: report what the manifest says without opening them.
         per_seg = [SegmentStats(e.name, e.rows, e.live_rows, e.deleted, sum(r.bytes for r in e.files()), _index_info(e)) for e in manifest.segments]
@@ -106,6 +107,7 @@ def stats(index: str | Path, *, verify: bool = False) -> StatsResult:
         dead = sum(e.deleted for e in manifest.segments)
     else:
         view = IndexView(index)
+        schema = dict(view.tail.schema)  # attributes from the WAL tail count before compaction
         counts = count_rows(view.sources())
         for rec in view.tail.records:
             key = "rows" if rec.meta["op"] == "upsert" else "deletes"
@@ -134,7 +136,7 @@ def stats(index: str | Path, *, verify: bool = False) -> StatsResult:
         by_kind,
         total,
         round(kept / live, 2) if live else None,
-        dict(manifest.schema),
+        schema,
         _index_totals(manifest),
         verify,
         problems,

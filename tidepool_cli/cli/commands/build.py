@@ -2,22 +2,23 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 
 from tidepool_cli.cli.options import IndexArg, JsonFlag, LockTimeout
 from tidepool_cli.cli.output import TqdmProgress, emit_json, handle_errors, info
+from tidepool_cli.limits import MAX_EF, MAX_M, MAX_NLIST
 from tidepool_cli.storage.lock import DEFAULT_LOCK_TIMEOUT
 
 Force = Annotated[bool, typer.Option("--force", help="Rebuild segments that already have this index.")]
-Seed = Annotated[int, typer.Option("--seed", help="Seed of the randomised parts of the build (equal seeds, equal index).")]
+Seed = Annotated[int, typer.Option("--seed", min=0, max=2**63 - 1, help="Seed of the randomised parts of the build (equal seeds, equal index).")]
 
 
 def build_hnsw(
     index: IndexArg,
-    m: Annotated[int, typer.Option("--m", min=2, help="M: neighbours per node on upper layers (2M on layer 0).")] = 16,
-    ef_construction: Annotated[int, typer.Option("--ef-construction", min=1, help="Candidate-list size of the build.")] = 200,
+    m: Annotated[int, typer.Option("--m", min=2, max=MAX_M, help="M: neighbours per node on upper layers (2M on layer 0).")] = 16,
+    ef_construction: Annotated[int, typer.Option("--ef-construction", min=1, max=MAX_EF, help="Candidate-list size of the build.")] = 200,
     force: Force = False,
     min_rows: Annotated[int | None, typer.Option("--min-rows", min=0, help="Segments with fewer rows stay on exact scan (default 10000).")] = None,
     seed: Seed = 0,
@@ -31,13 +32,13 @@ def build_hnsw(
     with handle_errors():
         res = run(index, m=m, ef_construction=ef_construction, force=force, seed=seed, lock_timeout=lock_timeout,
                   min_rows=MIN_ROWS_FOR_GRAPH if min_rows is None else min_rows, progress=TqdmProgress())
-    _report(res, json_out)
+        _report(res, json_out)
 
 
 def build_ivf(
     index: IndexArg,
-    nlist: Annotated[int | None, typer.Option("--nlist", min=1, help="Posting lists per segment (default about 4*sqrt(rows)).")] = None,
-    id_codec: Annotated[str, typer.Option("--id-codec", help="Posting-list codec: ans | roc | elias-fano | raw.")] = "ans",
+    nlist: Annotated[int | None, typer.Option("--nlist", min=1, max=MAX_NLIST, help="Posting lists per segment (default about 4*sqrt(rows)).")] = None,
+    id_codec: Annotated[Literal["ans", "roc", "elias-fano", "raw"], typer.Option("--id-codec", help="Posting-list codec.")] = "ans",
     force: Force = False,
     min_rows: Annotated[int | None, typer.Option("--min-rows", min=0, help="Segments with fewer rows stay on exact scan (default 4096).")] = None,
     seed: Seed = 0,
@@ -51,7 +52,7 @@ def build_ivf(
     with handle_errors():
         res = run(index, nlist=nlist, id_codec=id_codec, force=force, seed=seed, lock_timeout=lock_timeout,
                   min_rows=MIN_ROWS_FOR_IVF if min_rows is None else min_rows, progress=TqdmProgress())
-    _report(res, json_out)
+        _report(res, json_out)
 
 
 def _report(res, json_out: bool) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 
@@ -15,7 +15,7 @@ def ingest(
     index: IndexArg,
     input: Annotated[str, typer.Option("--input", "-i", help="Vectors: .npy, .fvecs, .bvecs or .jsonl file, or - for stdin.")],
     input_format: InputFormat = "auto",
-    metric: Annotated[str | None, typer.Option("--metric", help="l2 | cosine | dot; fixed when the index is created (default l2).")] = None,
+    metric: Annotated[Literal["l2", "cosine", "dot"] | None, typer.Option("--metric", help="Fixed when the index is created (default l2).")] = None,
     batch_rows: Annotated[int | None, typer.Option("--batch-rows", min=1, help="Rows per WAL record (default: ~64 MiB of vectors).")] = None,
     commit_every: Annotated[int | None, typer.Option("--commit-every", min=1, help="Commit every N rows (for endless streams); default: one atomic commit.")] = None,
     lock_timeout: LockTimeout = DEFAULT_LOCK_TIMEOUT,
@@ -27,10 +27,10 @@ def ingest(
     with handle_errors():
         res = run(index, input, input_format=input_format, metric=metric, batch_rows=batch_rows,
                   commit_every=commit_every, lock_timeout=lock_timeout, progress=TqdmProgress())
-    if json_out:
-        emit_json(res.to_dict())
-    ids = f", ids {res.first_id}..{res.last_id}" if res.first_id is not None else ""
-    info(f"ingested {res.rows} vectors (dim {res.dim}, {res.metric}) into {res.index} in {res.seconds:.2f} s{ids}")
+        if json_out:
+            emit_json(res.to_dict())
+        ids = f", ids {res.first_id}..{res.last_id}" if res.first_id is not None else ""
+        info(f"ingested {res.rows} vectors (dim {res.dim}, {res.metric}) into {res.index} in {res.seconds:.2f} s{ids}")
 
 
 def register(app: typer.Typer) -> None:
