@@ -177,8 +177,8 @@ def _npy_file(path: Path, batch_rows: int | None, where: str) -> Iterator[InputB
         arr = np.load(path, mmap_mode="r", allow_pickle=False)
     except PermissionError as exc:
         raise _read_error(exc, path) from None
-    except (ValueError, OSError, EOFError) as exc:
-        raise InvalidInputError(f"{where}: not a valid .npy file ({exc})") from None
+    except (ValueError, OSError, EOFError, TypeError) as exc:
+        raise InvalidInputError(f"{where}: not a valid .npy file ({_short(exc)})") from None
     step = batch_rows or default_batch_rows(arr.shape[1])
     for s in range(0, arr.shape[0], step):
         yield InputBatch(arr[s : s + step], None, None, s)
@@ -194,7 +194,9 @@ def _npy_header(stream: BinaryIO, where: str, streamed: bool = False) -> tuple[t
             shape, fortran, dtype = np.lib.format.read_array_header_2_0(stream)
         else:
             raise ValueError(f"unsupported .npy format version {version}")
-    except (ValueError, EOFError, SyntaxError, TypeError, RecursionError, UnicodeDecodeError) as exc:
+    except OSError:
+        raise
+    except Exception as exc:  # NumPy parses the header text with Python's tokenizer: any failure means a bad header
         raise InvalidInputError(f"{where}: not a valid .npy {'stream' if streamed else 'file'} ({_short(exc)})") from None
     if len(shape) != 2:
         raise InvalidInputError(f"{where}: expected a 2-D array (rows, dim), got shape {shape}")
