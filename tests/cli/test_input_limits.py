@@ -173,3 +173,16 @@ def test_stats_shows_attributes_of_the_wal_tail(tmp_path):
     assert run("ingest", idx, "--input", tmp_path / "a.jsonl").exit_code == 0
     assert json.loads(run("stats", idx, "--json").stdout)["attributes"] == {"color": "string", "n": "int"}
     assert "color:string" in run("stats", idx).stdout
+
+
+def test_python_api_build_parameters_have_the_same_bounds(tmp_path):
+    from tidepool_cli.errors import InvalidInputError
+    from tidepool_cli.ops.build_hnsw import build_hnsw
+    from tidepool_cli.ops.build_ivf import build_ivf
+
+    np.save(tmp_path / "x.npy", np.ones((3, 2), np.float32))
+    assert run("ingest", tmp_path / "idx", "--input", tmp_path / "x.npy").exit_code == 0
+    with pytest.raises(InvalidInputError, match="--m"):
+        build_hnsw(tmp_path / "idx", m=10**8, min_rows=0)
+    with pytest.raises(InvalidInputError, match="--nlist"):
+        build_ivf(tmp_path / "idx", nlist=10**9, min_rows=0)
