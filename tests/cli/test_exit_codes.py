@@ -216,3 +216,30 @@ def test_stats_table_into_a_closed_pipe_exits_141_quietly(tmp_path):
     assert run("ingest", idx, "--input", tmp_path / "x.npy").exit_code == 0
     code, err = _pipe(["stats", idx])
     assert (code, err) == (141, "")
+
+
+@pytest.fixture()
+def small_tmpfs(tmp_path):
+    """A 1 MiB tmpfs (a disk that fills up), where the machine lets tests mount one."""
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def test_disk_full_on_a_first_ingest_exits_10_and_creates_nothing(tmp_path, small_tmpfs):
+    np.save(tmp_path / "big.npy", np.ones((4096, 128), np.float32))  # 2 MiB of vectors
+    _code(run("ingest", small_tmpfs / "idx", "--input", tmp_path / "big.npy"), 10)
+    assert os.listdir(small_tmpfs) == []
+
+
+@pytest.mark.parametrize("cmd", ["delete", "query", "stats"])
+def test_read_only_mount(tmp_path, small_tmpfs, cmd):
+    np.save(tmp_path / "base.npy", np.ones((20, 4), np.float32))
+    assert run("ingest", small_tmpfs / "idx", "--input", tmp_path / "base.npy").exit_code == 0
+    assert subprocess.run(["mount", "-o", "remount,ro", str(small_tmpfs)], capture_output=True).returncode == 0
+    _code(run(*_args(cmd, small_tmpfs / "idx", tmp_path)), 10 if cmd == "delete" else 0)

@@ -36,6 +36,19 @@ def check_string(s: str, what: str, allow_empty: bool = True) -> str | None:
     A stored string is valid UTF-8 (so no lone surrogates, which JSON's ``\\ud800``
     escapes can produce), holds no NUL character, and is at most
     :data:`~tidepool_cli.limits.MAX_STRING_CHARS` characters long.
+
+    Parameters
+    ----------
+    s : str
+    what : str
+        How the message names the string ("string id", "attribute 'color'").
+    allow_empty : bool
+        Whether "" is acceptable (values: yes; ids and names: no).
+
+    Returns
+    -------
+    str or None
+        A one-line reason for refusing ``s``, or None when it is acceptable.
     """
     if not s and not allow_empty:
         return f"{what} is empty"

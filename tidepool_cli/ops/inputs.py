@@ -124,6 +124,15 @@ def _read_error(exc: OSError, path: Path) -> StorageIOError:
 def check_shape(rows: int, dim: int, where: str) -> None:
     """Refuse an input whose (claimed) shape is beyond :data:`MAX_INPUT_ROWS` or :data:`MAX_DIM`.
 
+    Parameters
+    ----------
+    rows : int
+        Rows the input holds or its header claims (checked before any data is read).
+    dim : int
+        Vector dimension; at least 1.
+    where : str
+        The input's name, for the message.
+
     Raises
     ------
     InvalidInputError
