@@ -125,10 +125,10 @@ def ingest(
     # A first ingest checks its first batch before the index exists, and removes what it
     # made if a later batch fails: a command that fails creates nothing.
     first_batch = _to_batch(first, wanted, source) if created else None
-    layout, settings = create_index_dir(root, wanted, lock_timeout)
     total_rows, records, wal_files = 0, 0, []
     auto_ranges: list[tuple[int, int]] = []
     try:
+        layout, settings = create_index_dir(root, wanted, lock_timeout)
         _check_settings(settings, first, metric, source)
         if first_batch is not None and settings != wanted:
             first_batch = None  # another process created the index meanwhile: convert for its settings
@@ -152,8 +152,9 @@ def ingest(
             writer.abort()
             progress.finish()
     except BaseException:
-        if created and not wal_files:
-            discard_new_index(layout, made_root, lock_timeout, remove_lock=not had_lock)
+        made_something = made_root or (root / "tidepool.json").exists() or (not had_lock and (root / "LOCK").exists())
+        if created and not wal_files and root.is_dir() and made_something:
+            discard_new_index(Layout(root), made_root, lock_timeout, remove_lock=not had_lock)
         raise
     first_id = auto_ranges[0][0] if auto_ranges else None
     last_id = auto_ranges[-1][1] if auto_ranges else None
