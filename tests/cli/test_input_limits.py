@@ -186,3 +186,14 @@ def test_python_api_build_parameters_have_the_same_bounds(tmp_path):
         build_hnsw(tmp_path / "idx", m=10**8, min_rows=0)
     with pytest.raises(InvalidInputError, match="--nlist"):
         build_ivf(tmp_path / "idx", nlist=10**9, min_rows=0)
+
+
+def test_float64_overflow_leaks_no_warning_to_stderr(tmp_path):
+    import subprocess
+    import sys
+
+    np.save(tmp_path / "big.npy", np.array([[1e300, 2.0]]))
+    p = subprocess.run([sys.executable, "-m", "tidepool_cli", "ingest", str(tmp_path / "idx"), "--input", str(tmp_path / "big.npy")],
+                       capture_output=True, text=True)
+    assert p.returncode == 4 and p.stderr.splitlines() == ["Error: " + p.stderr.split("Error: ", 1)[1].strip()]
+    assert "RuntimeWarning" not in p.stderr and not (tmp_path / "idx").exists()
