@@ -29,6 +29,9 @@ from tidepool_cli.errors import InvalidInputError
 
 METRICS: tuple[str, ...] = ("l2", "cosine", "dot")
 
+SQNORM_ROWS = 65536
+"""Rows converted to float64 per step of :func:`sqnorms` (bounds the copy to 64 MiB at d = 128)."""
+
 
 def check_metric(metric: str) -> str:
     """Return ``metric`` if it is one of :data:`METRICS`.
@@ -58,7 +61,7 @@ def sqnorms(x: np.ndarray) -> np.ndarray:
     """
     x = np.asarray(x)
     out = np.empty(x.shape[0], dtype=np.float32)
-    step = 65536
+    step = SQNORM_ROWS
     for s in range(0, x.shape[0], step):
         blk = np.asarray(x[s : s + step], dtype=np.float64)
         out[s : s + step] = np.einsum("ij,ij->i", blk, blk)
@@ -144,24 +147,3 @@ def exact_distances(xq: np.ndarray, rows: np.ndarray, metric: str) -> np.ndarray
     ip = np.einsum("qmd,qd->qm", rows, xq)
     # Rounding can push 1 - cos a few ulps outside [0, 2] for (anti)parallel unit vectors.
     return np.clip(1.0 - ip, 0.0, 2.0) if metric == "cosine" else -ip
-
-
-def proxy_to_distance(proxy: np.ndarray, xq_sqnorms: np.ndarray | None, metric: str) -> np.ndarray:
-    """Turn ranking proxies into public distances (see the module docstring).
-
-    Parameters
-    ----------
-    proxy : (nq, m) float32
-    xq_sqnorms : (nq,) float32 or None
-        Squared query norms, needed for l2 only.
-    metric : {"l2", "cosine", "dot"}
-
-    Returns
-    -------
-    (nq, m) float32
-    """
-    if metric == "l2":
-        return np.maximum(proxy + xq_sqnorms[:, None], 0.0)
-    if metric == "cosine":
-        return proxy + 1.0
-    return proxy

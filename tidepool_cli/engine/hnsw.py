@@ -25,16 +25,15 @@ layer can write them as sections and memmap them back read-only; search never wr
 from __future__ import annotations
 
 import math
-import os
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 
 from tidepool_cli.engine import graph as g
 from tidepool_cli.engine.distances import check_metric, sqnorms
+from tidepool_cli.engine.threads import parallel, workers as thread_count
 from tidepool_cli.engine.topk import knn, rerank
 from tidepool_cli.errors import InvalidInputError
 
@@ -72,6 +71,9 @@ PREFIX_EXACT = 2048
 
 QUERY_BATCH = 1024
 """Queries searched in lockstep at most."""
+
+MIN_QUERY_BATCH = 16
+"""Queries searched in lockstep at least, however large the visited tables."""
 
 VISITED_BYTES = 1 << 25
 """Budget of one batch's visited table; bounds the batch size for large n."""
@@ -190,7 +192,8 @@ def build_hnsw(
         Called now and then with work units done and total (under a lock, possibly
         from a worker thread).
     threads : int, optional
-        Threads working on blocks of rows; default: the CPUs this process may use.
+        Threads working on blocks of rows; default: the CPUs this process may use,
+        capped by ``OMP_NUM_THREADS`` (:func:`~tidepool_cli.engine.threads.workers`).
         The graph does not depend on it.
 
     Returns
@@ -249,7 +252,7 @@ def build_hnsw(
                 progress(min(done[0], total), total)
 
     k0 = min(ef_construction, CANDIDATES_PER_SLOT * 2 * m)
-    workers = _threads(threads)
+    workers = thread_count(threads)
     layer0 = _build_layer(
         x, sq, 2 * m, k0, build_metric, entry_point, np.argsort(inserted_at), seed, tick, workers
     )
@@ -391,8 +394,8 @@ def search_hnsw(
     filter_exact_below : float
         Allowed fraction under which the exact scan is used; 0 forces the graph.
     threads : int, optional
-        Query batches searched concurrently; default: the CPUs this process may use.
-        Results do not depend on it.
+        Query batches searched concurrently; default: the CPUs this process may use,
+        capped by ``OMP_NUM_THREADS``. Results do not depend on it.
     exclude : (nq,) int64, optional
         One row per query that the search treats as absent from the graph (not entered,
         expanded or returned): searching indexed rows as if they were new queries, which
@@ -450,11 +453,10 @@ def search_hnsw(
     D = np.full((nq, k), np.inf, dtype=np.float32)
     I = np.full((nq, k), -1, dtype=np.int64)
     per_query = n if n <= g.EXACT_VISITED_MAX else 4 * g.HASHED_VISITED_SLOTS
-    batch = int(min(QUERY_BATCH, max(16, VISITED_BYTES // per_query)))
+    batch = int(min(QUERY_BATCH, max(MIN_QUERY_BATCH, VISITED_BYTES // per_query)))
     # Threads only share out whole batches: splitting a small query set makes two
     # threads trade the GIL after every one of many small numpy calls, which on a
     # loaded machine costs more than the second core gives.
-    workers = _threads(threads)
     starts = range(0, nq, batch)
 
     def run(s: int) -> None:
@@ -480,15 +482,9 @@ def search_hnsw(
             r1 = min(r0 + step, qb.shape[0])
             D[s + r0 : s + r1], I[s + r0 : s + r1] = rerank(qb[r0:r1], x, cand[r0:r1], k, metric)
 
-    workers = min(workers, len(starts))
-    if workers > 1:
-        # Batches are independent and write disjoint rows; the heavy numpy calls
-        # (gathers, einsum, sorts) release the GIL, so batches overlap on cores.
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            list(pool.map(run, starts))
-    else:
-        for s in starts:
-            run(s)
+    # Batches are independent and write disjoint rows; the heavy numpy calls
+    # (gathers, einsum, sorts) release the GIL, so batches overlap on cores.
+    parallel(run, starts, thread_count(threads))
 
     # The beam can miss allowed rows a filter leaves scattered: complete those queries exactly.
     short = np.flatnonzero(I[:, min(k, n_allowed) - 1] < 0)
@@ -555,13 +551,3 @@ def _descend(graph: HnswGraph, x, xq, xb_sqnorms, exclude=None) -> np.ndarray:
         )
         cur = ids[:, 0]
     return cur[:, None]
-
-
-def _threads(threads: int | None) -> int:
-    """Worker count: ``threads`` if given, else the CPUs this process may run on."""
-    if threads is not None:
-        return max(1, int(threads))
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1

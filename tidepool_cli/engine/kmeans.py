@@ -15,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from tidepool_cli.engine.distances import exact_distances, sqnorms
+from tidepool_cli.engine.order import Slack
 from tidepool_cli.errors import InvalidInputError
 
 INIT_POINTS_PER_CENTROID = 8
@@ -22,6 +23,9 @@ INIT_POINTS_PER_CENTROID = 8
 
 ASSIGN_BATCH = 16384
 """Rows assigned per GEMM batch in :func:`assign`."""
+
+SPLIT_NUDGE = 1 / 1024
+"""Relative offset that splits a centroid in two for an empty cluster."""
 
 
 def kmeans(
@@ -91,7 +95,9 @@ def assign(x: np.ndarray, centroids: np.ndarray, metric: str) -> tuple[np.ndarra
     Returns
     -------
     labels : (n,) int32
-        Index of the nearest centroid; ties break by lower index.
+        Index of the nearest centroid; ties break by lower index. A row whose GEMM
+        scores put several centroids within float error of its best is decided by
+        float64 distances, then by index, so labels do not depend on the BLAS.
     distances : (n,) float32
         Distance to it in the public convention of :mod:`~tidepool_cli.engine.distances`.
     """
@@ -103,6 +109,7 @@ def assign(x: np.ndarray, centroids: np.ndarray, metric: str) -> tuple[np.ndarra
     scale = -2.0 if metric == "l2" else -1.0
     ct = np.ascontiguousarray((centroids * scale).T, dtype=np.float32)
     csq = sqnorms(centroids) if metric == "l2" else None
+    cmax = float(np.sqrt(sqnorms(centroids).max())) if metric == "dot" else None
     # A reused output block spares the page faults of a fresh (batch, k) array per batch.
     out = np.empty((min(n, ASSIGN_BATCH), centroids.shape[0]), dtype=np.float32)
     for s in range(0, n, ASSIGN_BATCH):
@@ -112,6 +119,7 @@ def assign(x: np.ndarray, centroids: np.ndarray, metric: str) -> tuple[np.ndarra
             proxy += csq
         lab = proxy.argmin(axis=1)
         best = proxy[np.arange(xb.shape[0]), lab]
+        _break_ties(xb, centroids, proxy, best, lab, Slack(xb, metric, cmax), metric)
         labels[s : s + xb.shape[0]] = lab
         if metric == "l2":
             best = np.maximum(best + np.einsum("ij,ij->i", xb, xb), 0.0)
@@ -119,6 +127,27 @@ def assign(x: np.ndarray, centroids: np.ndarray, metric: str) -> tuple[np.ndarra
             best = best + 1.0
         dist[s : s + xb.shape[0]] = best
     return labels, dist
+
+
+def _break_ties(xb, centroids, proxy, best, lab, slack, metric) -> None:
+    """In place: where centroids other than ``lab`` score within float error of ``best``,
+    pick among them by float64 distance, then by lower index (updates ``lab`` and ``best``)."""
+    lim = slack.limit(best)
+    near = proxy <= lim[:, None]
+    rows = np.flatnonzero(np.count_nonzero(near, axis=1) > 1)
+    if not rows.size:
+        return
+    r, c = np.nonzero(near[rows])
+    xr = xb[rows[r]].astype(np.float64)
+    cr = centroids[c].astype(np.float64)
+    if metric == "l2":
+        d64 = np.einsum("ij,ij->i", cr, cr) - 2 * np.einsum("ij,ij->i", xr, cr)
+    else:
+        d64 = -np.einsum("ij,ij->i", xr, cr)
+    order = np.lexsort((c, d64, r))
+    first = order[np.r_[True, r[order][1:] != r[order][:-1]]]
+    lab[rows[r[first]]] = c[first]
+    best[rows[r[first]]] = proxy[rows[r[first]], c[first]]
 
 
 def _kmeanspp(x: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
@@ -166,7 +195,7 @@ def _update(x_cols: np.ndarray, labels: np.ndarray, old: np.ndarray, rng: np.ran
     counts = counts.astype(np.float64)
     # Opposite nudges per dimension, so the two halves separate in direction too
     # (a purely radial nudge would vanish under cosine re-normalisation).
-    nudge = np.where(np.arange(d) % 2 == 0, 1.0, -1.0).astype(np.float32) / 1024
+    nudge = np.where(np.arange(d) % 2 == 0, 1.0, -1.0).astype(np.float32) * SPLIT_NUDGE
     for j in np.flatnonzero(~nonempty):
         # Split the cluster most likely to be oversized: pick proportionally to size.
         big = int(rng.choice(k, p=counts / counts.sum()))

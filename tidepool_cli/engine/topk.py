@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from tidepool_cli.engine.distances import exact_distances
+from tidepool_cli.engine.distances import exact_distances, sqnorms
+from tidepool_cli.engine.order import Slack, smallest_mask, sortable, tie_aware_mask, unsortable
 
 GROUP = 16
 """Columns per min-reduction group (strided inside a block)."""
@@ -40,6 +41,10 @@ SPARSE_MASK_FRACTION = 0.25
 SMALL_BATCH = 32
 """Up to this many queries skip the augmented copy of the base: one GEMM per block straight
 on the (memory-mapped) rows, then a per-block partition, costs less than copying the base."""
+
+
+SMALL_BATCH_FLOATS = 1 << 22
+"""Proxies per block of the few-query path (16 MiB): large blocks amortise each BLAS call."""
 
 
 def candidate_count(k: int, n: int) -> int:
@@ -115,16 +120,74 @@ def knn(
             return Ds, np.where(Is >= 0, sub[np.maximum(Is, 0)], -1)
 
     kk = candidate_count(k, n if allowed is None else int(np.count_nonzero(allowed)))
+    xmax = None
+    if metric == "dot":
+        # A dot score bounds no norm: the error bound needs the largest one.
+        xmax = float(np.sqrt(np.max(xb_sqnorms if xb_sqnorms is not None else sqnorms(xb))))
+
+    def answer(qb, cand, cval):
+        cand = _complete_ties(qb, xb, cand, cval, k, metric, xb_sqnorms, allowed, Slack(qb, metric, xmax))
+        return rerank(qb, xb, cand, k, metric)
+
     if nq <= SMALL_BATCH or kk * GROUP * 4 >= min(n, BLOCK_ROWS):
         # Few queries, or so many candidates that groups would hold most rows of a block:
         # a per-block partition of the proxies is cheaper than the group-minimum filter.
-        return _batched(xq, lambda qb: rerank(qb, xb, _select_small(qb, xb, kk, metric, xb_sqnorms, allowed), k, metric), k)
+        return _batched(xq, lambda qb: answer(qb, *_select_small(qb, xb, kk, metric, xb_sqnorms, allowed)), k)
     blocks = _BaseBlocks(xb, metric, xb_sqnorms, allowed, reused=nq > QUERY_BATCH)
     for qs in range(0, nq, QUERY_BATCH):
         qb = xq[qs : qs + QUERY_BATCH]
-        cand = _select_candidates(qb, blocks, kk)
-        D[qs : qs + QUERY_BATCH], I[qs : qs + QUERY_BATCH] = rerank(qb, xb, cand, k, metric)
+        D[qs : qs + QUERY_BATCH], I[qs : qs + QUERY_BATCH] = answer(qb, *_select_candidates(qb, blocks, kk))
     return D, I
+
+
+def _complete_ties(xq, xb, cand, cval, k, metric, xb_sqnorms, allowed, slack) -> np.ndarray:
+    """Candidates (nq, w) of a tie-aware cut, -1 padded: ``cand`` (the kk best proxies
+    ``cval``), and for queries whose kk-th proxy lies within float error of their k-th,
+    every row within that error (found by a second pass over the base).
+
+    Without it, which of many nearly-equal rows (duplicates, integer data) make the
+    candidate list would depend on the last bits of the GEMM, i.e. on the BLAS.
+    """
+    nq, kk = cand.shape
+    if kk <= k:
+        return cand
+    cval = np.where(cand >= 0, cval, np.float32(np.inf))
+    full = np.isfinite(cval).all(axis=1)
+    limit = slack.limit(np.partition(cval, k - 1, axis=1)[:, k - 1])
+    sat = np.flatnonzero(full & (cval.max(axis=1) <= limit))
+    if not sat.size:
+        return cand
+    # Rows recomputed in another GEMM layout round differently: widen by one more bound.
+    wide = slack.limit(limit[sat], sat)
+    scale = np.float32(-2.0 if metric == "l2" else -1.0)
+    qs = np.ascontiguousarray(xq[sat] * scale)
+    hits_r, hits_c, hits_v = [], [], []
+    for s in range(0, xb.shape[0], BLOCK_ROWS):
+        blk = np.asarray(xb[s : s + BLOCK_ROWS], dtype=np.float32)
+        proxy = qs @ blk.T
+        if metric == "l2":
+            proxy += xb_sqnorms[s : s + blk.shape[0]] if xb_sqnorms is not None else np.einsum("ij,ij->i", blk, blk)
+        if allowed is not None:
+            proxy[:, ~allowed[s : s + blk.shape[0]]] = np.inf
+        r, c = np.nonzero(proxy <= wide[:, None])
+        hits_r.append(r), hits_c.append(c + s), hits_v.append(proxy[r, c])
+    r, c, v = np.concatenate(hits_r), np.concatenate(hits_c), np.concatenate(hits_v)
+    by_query = np.argsort(r, kind="stable")
+    r, c, v = r[by_query], c[by_query], v[by_query]
+    counts = np.bincount(r, minlength=sat.size)
+    width = int(counts.max())
+    slot = np.arange(r.size) - (np.cumsum(counts) - counts)[r]
+    V = np.full((sat.size, width), np.inf, dtype=np.float32)
+    X = np.full((sat.size, width), -1, dtype=np.int64)
+    V[r, slot], X[r, slot] = v, c
+    keep = tie_aware_mask(V, kk, k, slack, sat, np.where(X < 0, np.iinfo(np.int64).max, X))
+    w = int(keep.sum(axis=1).max())
+    sel = np.argsort(~keep, axis=1, kind="stable")[:, :w]
+    out = np.full((nq, max(kk, w)), -1, dtype=np.int64)
+    out[:, :kk] = cand
+    out[sat] = -1
+    out[sat, :w] = np.where(np.take_along_axis(keep, sel, 1), np.take_along_axis(X, sel, 1), -1)
+    return out
 
 
 def _batched(xq: np.ndarray, fn, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -213,8 +276,9 @@ class _BaseBlocks:
         return out
 
 
-def _select_candidates(xq: np.ndarray, blocks: _BaseBlocks, kk: int) -> np.ndarray:
-    """Positions of the kk best proxies per query (unordered), -1 padded.
+def _select_candidates(xq: np.ndarray, blocks: _BaseBlocks, kk: int) -> tuple[np.ndarray, np.ndarray]:
+    """Positions of the kk best (proxy, position) per query (unordered), -1 padded, and
+    their proxies.
 
     Parameters
     ----------
@@ -224,7 +288,8 @@ def _select_candidates(xq: np.ndarray, blocks: _BaseBlocks, kk: int) -> np.ndarr
 
     Returns
     -------
-    (nq, kk) int64
+    cand : (nq, kk) int64
+    cval : (nq, kk) float32, +inf padded
     """
     nq, d = xq.shape
     qa = np.empty((nq, d + 1), dtype=np.float32)
@@ -255,7 +320,9 @@ def _select_candidates(xq: np.ndarray, blocks: _BaseBlocks, kk: int) -> np.ndarr
         keep = (vals <= bound[r][:, None]) & (vals < np.inf)
         rows = np.broadcast_to(r[:, None], cols.shape)[keep]
         thr = _merge(buf, thr, rows, _keys(vals[keep], cols[keep] + s))
-    return np.where(buf < _EMPTY, buf & _POS_MASK, -1)
+    empty = buf >= _EMPTY
+    cval = np.where(empty, np.float32(np.inf), unsortable(buf >> 32))
+    return np.where(empty, -1, buf & _POS_MASK), cval
 
 
 _POS_MASK = 0xFFFF_FFFF
@@ -264,9 +331,7 @@ _EMPTY = np.iinfo(np.int64).max
 
 def _keys(vals: np.ndarray, pos: np.ndarray) -> np.ndarray:
     """int64 keys ordered as (proxy, position): the float32 bits made monotonic, then the position."""
-    bits = vals.astype(np.float32, copy=False).view(np.int32)
-    bits = bits ^ ((bits >> 31) & 0x7FFF_FFFF)
-    return (bits.astype(np.int64) << 32) | pos.astype(np.int64)
+    return (sortable(vals).astype(np.int64) << 32) | pos.astype(np.int64)
 
 
 def _merge(buf: np.ndarray, thr: np.ndarray, rows: np.ndarray, keys: np.ndarray) -> np.ndarray:
@@ -287,14 +352,13 @@ def _merge(buf: np.ndarray, thr: np.ndarray, rows: np.ndarray, keys: np.ndarray)
     buf[urows] = best
     kth = best[:, kk - 1]
     thr = thr.copy()
-    bits = (kth >> 32).astype(np.int32)
-    bits ^= (bits >> 31) & 0x7FFF_FFFF
-    thr[urows] = np.where(kth < _EMPTY, bits.view(np.float32), np.inf)
+    thr[urows] = np.where(kth < _EMPTY, unsortable(kth >> 32), np.inf)
     return thr
 
 
-def _select_small(xq, xb, kk, metric, xb_sqnorms, allowed) -> np.ndarray:
-    """Candidate positions (nq, kk) for a few queries: per block, proxies and a partition.
+def _select_small(xq, xb, kk, metric, xb_sqnorms, allowed) -> tuple[np.ndarray, np.ndarray]:
+    """Candidate positions (nq, kk) for a few queries, -1 padded, and their proxies: per
+    block, proxies and a partition.
 
     Blocks are large (about 16 MiB of proxies) because each BLAS call pays a thread
     hand-off that, on a busy machine, costs more than the product itself; a single query
@@ -303,7 +367,7 @@ def _select_small(xq, xb, kk, metric, xb_sqnorms, allowed) -> np.ndarray:
     nq = xq.shape[0]
     scale = np.float32(-2.0 if metric == "l2" else -1.0)
     qs = np.ascontiguousarray(xq * scale)
-    step = max(BLOCK_ROWS, (1 << 22) // nq)
+    step = max(BLOCK_ROWS, SMALL_BATCH_FLOATS // nq)
     parts_d, parts_i = [], []
     for s in range(0, xb.shape[0], step):
         blk = np.asarray(xb[s : s + step])
@@ -312,31 +376,17 @@ def _select_small(xq, xb, kk, metric, xb_sqnorms, allowed) -> np.ndarray:
             proxy += (xb_sqnorms[s : s + step] if xb_sqnorms is not None else np.einsum("ij,ij->i", blk, blk))[:, None]
         if allowed is not None:
             proxy[~allowed[s : s + step]] = np.inf
-        if kk < proxy.shape[0]:
-            idx = _smallest_rows(proxy, kk)
+        pt = proxy.T
+        if kk < pt.shape[1]:
+            idx = np.nonzero(smallest_mask(pt, kk))[1].reshape(nq, kk)
         else:
-            idx = np.broadcast_to(np.arange(proxy.shape[0])[:, None], proxy.shape)
-        parts_d.append(np.take_along_axis(proxy, idx, axis=0))
+            idx = np.broadcast_to(np.arange(pt.shape[1]), pt.shape)
+        parts_d.append(np.take_along_axis(pt, idx, axis=1))
         parts_i.append(idx + s)
-    D = np.concatenate(parts_d).T
-    I = np.concatenate(parts_i).T.astype(np.int64)
+    D = np.concatenate(parts_d, axis=1)
+    I = np.concatenate(parts_i, axis=1).astype(np.int64)
     if D.shape[1] > kk:
         # Few candidates per query here, so a full sort by (proxy, position) is cheap.
         sel = np.lexsort((I, D), axis=1)[:, :kk]
         D, I = np.take_along_axis(D, sel, 1), np.take_along_axis(I, sel, 1)
-    return np.where(np.isfinite(D), I, -1)
-
-
-def _smallest_rows(proxy: np.ndarray, kk: int) -> np.ndarray:
-    """Row indices (kk, nq) of the kk smallest values of each column, ties to the lower row.
-
-    ``argpartition`` picks arbitrary rows among values equal to the kk-th; the columns
-    where that matters (more equal values than chosen ones, as with duplicate vectors)
-    are redone with a stable sort.
-    """
-    idx = np.argpartition(proxy, kk - 1, axis=0)[:kk]
-    kth = np.take_along_axis(proxy, idx, axis=0).max(axis=0)
-    chosen_ties = (np.take_along_axis(proxy, idx, axis=0) == kth).sum(axis=0)
-    for q in np.flatnonzero((proxy == kth).sum(axis=0) > chosen_ties):
-        idx[:, q] = np.argsort(proxy[:, q], kind="stable")[:kk]
-    return idx
+    return np.where(np.isfinite(D), I, -1), D
