@@ -19,9 +19,6 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 import tidepool_cli as tp
-from tidepool_cli.ops.build_hnsw import build_hnsw
-from tidepool_cli.ops.build_ivf import build_ivf
-from tidepool_cli.ops.planner import SearchParams
 
 DIM = 3
 INT_POOL = list(range(12))
@@ -98,14 +95,14 @@ class IndexModel(RuleBasedStateMachine):
     def hnsw(self, m, min_rows, compact_first):
         if compact_first:
             tp.compact(self.idx)
-        build_hnsw(self.idx, m=m, ef_construction=16, min_rows=min_rows)
+        tp.build_hnsw(self.idx, m=m, ef_construction=16, min_rows=min_rows)
 
     @precondition(lambda self: self.created)
     @rule(nlist=st.integers(1, 4), codec=st.sampled_from(["ans", "elias-fano", "raw"]), min_rows=st.integers(0, 6), compact_first=st.booleans())
     def ivf(self, nlist, codec, min_rows, compact_first):
         if compact_first:
             tp.compact(self.idx)
-        build_ivf(self.idx, nlist=nlist, id_codec=codec, min_rows=min_rows)
+        tp.build_ivf(self.idx, nlist=nlist, id_codec=codec, min_rows=min_rows)
 
     def _expected(self, q, keep):
         out = []
@@ -115,7 +112,7 @@ class IndexModel(RuleBasedStateMachine):
         return sorted(out, key=lambda t: t[0])
 
     def _check(self, k, filter, keep, exact):
-        res = tp.query(self.idx, QUERIES, k, filter=filter, params=SearchParams(exact=exact))
+        res = tp.query(self.idx, QUERIES, k=k, filter=filter, exact=exact)
         for qi, q in enumerate(QUERIES.astype(np.float64)):
             want = self._expected(q, keep)
             ids = res.ids[qi]

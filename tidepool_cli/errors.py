@@ -18,6 +18,7 @@ Exit codes (documented in README.md, tested in tests/cli):
 6  index locked: another writer held the lock longer than ``--lock-timeout``
 7  conflict: another process published a generation this command depended on
 8  unsupported format: written by a newer tidepool, or an unknown feature flag
+9  not found: none of the ids ``get`` was asked for is a live row
 10 I/O error: disk full, permission denied, ...
 == ===========================================================================
 """
@@ -81,6 +82,12 @@ class UnsupportedFormatError(TidepoolError):
     """A file was written by a newer format version or uses an unknown feature (exit 8)."""
 
     exit_code = 8
+
+
+class RowsNotFoundError(TidepoolError, LookupError):
+    """None of the ids asked for is a live row of the index (exit 9)."""
+
+    exit_code = 9
 
 
 class StorageIOError(TidepoolError, OSError):

@@ -68,6 +68,8 @@ def test_mutation_commands_json_matches_the_documented_keys(tmp_path):
         "ingest": ["ingest", idx, "--input", str(tmp_path / "x.npy"), "--json"],
         "delete": ["delete", idx, "--id", "1", "--json"],
         "compact": ["compact", idx, "--json"],
+        "export": ["export", idx, "--output", str(tmp_path / "rows.jsonl"), "--json"],
+        "count": ["count", idx, "--json"],
     }
     for section, args in runs.items():
         r = CliRunner().invoke(app, args)

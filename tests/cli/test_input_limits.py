@@ -197,3 +197,14 @@ def test_float64_overflow_leaks_no_warning_to_stderr(tmp_path):
                        capture_output=True, text=True)
     assert p.returncode == 4 and p.stderr.splitlines() == ["Error: " + p.stderr.split("Error: ", 1)[1].strip()]
     assert "RuntimeWarning" not in p.stderr and not (tmp_path / "idx").exists()
+
+
+def test_parquet_input_has_the_same_string_limits(tmp_path):
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    vec = pa.array([[1.0, 2.0], [3.0, 4.0]], type=pa.list_(pa.float32(), 2))
+    pq.write_table(pa.table({"vector": vec, "note": ["ok", "x" * (MAX_STRING_CHARS + 1)]}), tmp_path / "a.parquet")
+    assert_fails(run("ingest", tmp_path / "idx", "--input", tmp_path / "a.parquet"), 4, f"longer than {MAX_STRING_CHARS:,}")
+    pq.write_table(pa.table({"id": ["a", "i" * (MAX_STRING_CHARS + 1)], "vector": vec}), tmp_path / "b.parquet")
+    assert_fails(run("ingest", tmp_path / "idx", "--input", tmp_path / "b.parquet"), 4, "string id is longer")
+    assert not (tmp_path / "idx").exists()

@@ -15,7 +15,7 @@ LockTimeout = Annotated[
 ]
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
 InputFormat = Annotated[
-    Literal["auto", "npy", "fvecs", "bvecs", "jsonl"],
+    Literal["auto", "npy", "fvecs", "bvecs", "jsonl", "parquet", "arrow"],
     typer.Option("--input-format", help="auto: by extension, or sniffed on stdin."),
 ]
 DEFAULT_LOCK = DEFAULT_LOCK_TIMEOUT

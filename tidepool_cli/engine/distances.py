@@ -28,6 +28,9 @@ import numpy as np
 from tidepool_cli.errors import InvalidInputError
 
 METRICS: tuple[str, ...] = ("l2", "cosine", "dot")
+UNIT_NORM_TOLERANCE = np.float32(2.0**-21)
+"""|norm - 1| below which a row counts as unit already: a few float32 ulps of 1, more than
+the rounding of dividing a row by its norm leaves."""
 
 SQNORM_ROWS = 65536
 """Rows converted to float64 per step of :func:`sqnorms` (bounds the copy to 64 MiB at d = 128)."""
@@ -79,7 +82,8 @@ def normalize_rows(x: np.ndarray, what: str = "vector") -> np.ndarray:
 
     Returns
     -------
-    (n, d) float32, C-contiguous, unit rows.
+    (n, d) float32, C-contiguous, unit rows; a row within :data:`UNIT_NORM_TOLERANCE`
+    of unit length is returned unchanged (normalising twice changes no bit).
 
     Raises
     ------
@@ -93,6 +97,9 @@ def normalize_rows(x: np.ndarray, what: str = "vector") -> np.ndarray:
         raise InvalidInputError(
             f"{what} {int(zero[0])} has zero norm; the cosine metric needs a direction"
         )
+    # A row already of unit length (to float32 rounding) is kept bit for bit, so that
+    # normalising is idempotent: rows exported from a cosine index re-ingest unchanged.
+    norms = np.where(np.abs(norms - 1) <= UNIT_NORM_TOLERANCE, np.float32(1), norms)
     return np.ascontiguousarray(x / norms[:, None], dtype=np.float32)
 
 

@@ -62,7 +62,7 @@ def build_hnsw(
         raise InvalidInputError(f"need 2 <= --m <= {MAX_M} and 1 <= --ef-construction <= {MAX_EF}, got {m} and {ef_construction}")
 
     def build(seg, metric, prog):
-        callback = engine_progress(prog, f"hnsw {seg.name}", "nodes")
+        callback = engine_progress(prog, f"hnsw {seg.name}", seg.rows)
         graph = hnsw.build_hnsw(seg.vectors, metric, m=m, ef_construction=ef_construction, seed=seed, progress=callback)
         prog.finish()
         ef_search, recall = calibrate(

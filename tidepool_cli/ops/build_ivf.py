@@ -67,7 +67,7 @@ def build_ivf(
         raise InvalidInputError(f"--nlist must be between 1 and {MAX_NLIST}, got {nlist}")
 
     def build(seg, metric, prog):
-        callback = engine_progress(prog, f"ivf {seg.name}", "rows")
+        callback = engine_progress(prog, f"ivf {seg.name}", seg.rows)
         lists = min(nlist, seg.rows) if nlist is not None else None
         index_ = ivf.build_ivf(seg.vectors, metric, nlist=lists, codec=id_codec, seed=seed, progress=callback)
         prog.finish()

@@ -65,16 +65,21 @@ BuildFn = Callable[[Segment, str, Progress], FileRef]
 """Builds the index of one segment (given the metric), writes its sidecar, returns the file reference."""
 
 
-def engine_progress(progress: Progress, label: str, unit: str) -> Callable[[int, int], None]:
-    """Adapt an ops :class:`Progress` to the engine's ``callback(done, total)`` convention."""
+def engine_progress(progress: Progress, label: str, rows: int) -> Callable[[int, int], None]:
+    """Adapt an ops :class:`Progress` to the engine's ``callback(done, total)`` convention.
+
+    Kernels count their own units of work (k-means passes, insertion steps); the bar
+    shows them scaled to the segment's ``rows``, so a user sees rows and a percentage.
+    """
     state = {"done": 0, "started": False}
 
     def callback(done: int, total: int) -> None:
         if not state["started"]:
-            progress.start(label, total, unit)
+            progress.start(label, rows, "rows")
             state["started"] = True
-        progress.advance(done - state["done"])
-        state["done"] = done
+        now = rows * min(done, total) // max(total, 1)
+        progress.advance(now - state["done"])
+        state["done"] = now
 
     return callback
 

@@ -9,11 +9,11 @@ from typing import Any
 
 import numpy as np
 
-from tidepool_cli.engine.columns import columns_from_records
+from tidepool_cli.engine.columns import check_string, columns_from_records
 from tidepool_cli.engine.distances import check_metric, normalize_rows, sqnorms
 from tidepool_cli.errors import InvalidInputError
-from tidepool_cli.limits import INT64_MAX
-from tidepool_cli.ops.inputs import InputBatch, read_input
+from tidepool_cli.limits import INT64_MAX, MAX_STRING_CHARS
+from tidepool_cli.ops.inputs import InputBatch, check_shape, read_input
 from tidepool_cli.ops.progress import NULL_PROGRESS, Progress
 from tidepool_cli.ops.view import auto_id_bases, effective_schema
 from tidepool_cli.storage.layout import IndexSettings, Layout, create_index_dir, discard_new_index
@@ -72,6 +72,8 @@ def ingest(
     batch_rows: int | None = None,
     commit_every: int | None = None,
     lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
+    vector_column: str | None = None,
+    id_column: str | None = None,
     progress: Progress = NULL_PROGRESS,
 ) -> IngestResult:
     """Upsert the vectors of ``source`` into the index at ``index``.
@@ -87,7 +89,7 @@ def ingest(
         Index directory; created (with the dimension of the first row) if missing.
     source : str or Path
         Input file, or ``-`` for standard input (see :mod:`~tidepool_cli.ops.inputs`).
-    input_format : {"auto", "npy", "fvecs", "bvecs", "jsonl"}
+    input_format : {"auto", "npy", "fvecs", "bvecs", "jsonl", "parquet", "arrow"}
     metric : {"l2", "cosine", "dot"}, optional
         Metric of a new index (default "l2"); must match an existing index's.
     batch_rows : int, optional
@@ -96,7 +98,10 @@ def ingest(
         Publish a WAL file every this many rows instead of once at the end.
     lock_timeout : float
         Seconds to wait for the writer lock at each commit.
+    vector_column, id_column : str, optional
+        Columns of a Parquet or Arrow input (see :mod:`~tidepool_cli.ops.arrow_input`).
     progress : Progress
+        Told the rows written, out of the input's row count where its header gives it.
 
     Returns
     -------
@@ -112,7 +117,7 @@ def ingest(
     t0 = time.perf_counter()
     if metric is not None:
         check_metric(metric)
-    batches = read_input(source, input_format, batch_rows)
+    batches = read_input(source, input_format, batch_rows, vector_column=vector_column, id_column=id_column)
     first = next(batches, None)
     if first is None:
         raise InvalidInputError(f"{source}: input holds no vectors")
@@ -132,7 +137,7 @@ def ingest(
         _check_settings(settings, first, metric, source)
         if first_batch is not None and settings != wanted:
             first_batch = None  # another process created the index meanwhile: convert for its settings
-        progress.start("ingest", None, "vectors")
+        progress.start("ingest", first.total, "rows")
         writer = WalWriter(layout)
         try:
             rows_in_file = 0
@@ -178,6 +183,7 @@ def _check_settings(settings: IndexSettings, first: InputBatch, metric: str | No
 def _to_batch(item: InputBatch, settings: IndexSettings, source) -> Batch:
     """Validate one input batch and turn it into a WAL batch."""
     vectors = item.vectors
+    _check_limits(item, source)
     if vectors.shape[1] != settings.dim:
         raise InvalidInputError(f"{source}: vectors have dimension {vectors.shape[1]}, the index has dimension {settings.dim}")
     with np.errstate(over="ignore", invalid="ignore"):  # values beyond float32 become Inf, refused below
@@ -197,10 +203,29 @@ def _to_batch(item: InputBatch, settings: IndexSettings, source) -> Batch:
         if kind != settings.id_type:
             raise InvalidInputError(f"{source}: this index uses {settings.id_type} ids; rows from {item.first_row} give {kind} ids")
     try:
-        columns = columns_from_records(item.attributes, item.first_line or 1) if item.attributes is not None else {}
+        columns = item.columns if item.columns is not None else (
+            columns_from_records(item.attributes, item.first_line or 1) if item.attributes is not None else {})
     except InvalidInputError as exc:
         raise InvalidInputError(f"{source}: {exc}") from None
     return Batch("upsert", vectors.shape[0], ids, vectors, columns)
+
+
+def _check_limits(item: InputBatch, source) -> None:
+    """The limits of :mod:`tidepool_cli.limits` for a batch from any reader (Parquet and
+    Arrow included): shape, and the length of string ids, attribute names and values."""
+    check_shape(item.first_row + item.vectors.shape[0], item.vectors.shape[1], str(source))
+    strings = [("string id", item.ids)] if item.ids is not None and item.ids.dtype.kind == "U" else []
+    for name, col in (item.columns or {}).items():
+        problem = check_string(name, "attribute name", allow_empty=False)
+        if problem:
+            raise InvalidInputError(f"{source}: {problem}")
+        if col.kind == "string" and col.dictionary is not None:
+            strings.append((f"attribute {name!r}", col.dictionary))
+    for what, arr in strings:
+        if arr.size and int(np.char.str_len(arr).max()) > MAX_STRING_CHARS:
+            raise InvalidInputError(f"{source}: a {what} is longer than {MAX_STRING_CHARS:,} characters")
+    if item.ids is not None and item.ids.dtype.kind == "U" and (item.ids == "").any():
+        raise InvalidInputError(f"{source}: string ids must be non-empty")
 
 
 def _commit(writer: WalWriter, layout: Layout, lock_timeout: float, auto_ranges: list[tuple[int, int]]) -> int:

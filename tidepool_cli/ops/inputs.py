@@ -12,6 +12,9 @@ fvecs  per row: int32 dimension d, then d float32 (the TEXMEX format).
 bvecs  per row: int32 dimension d, then d uint8.
 jsonl  one JSON object per line, UTF-8: ``{"id": 7 | "doc-7", "vector": [...], "attributes": {...}}``;
        ``id`` and ``attributes`` are optional, but ``id`` is given on every line or on none.
+parquet, arrow
+       a table with a vector column, an optional id column and attribute columns; read by
+       :mod:`~tidepool_cli.ops.arrow_input` (needs pyarrow).
 
 Every reader enforces the limits of :mod:`tidepool_cli.limits` (rows an input holds or
 claims, dimension, string lengths, JSON nesting, UTF-8 without lone surrogates) before
@@ -30,12 +33,13 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from tidepool_cli.engine.columns import check_string
+from tidepool_cli.engine.columns import Column, check_string
 from tidepool_cli.errors import InvalidInputError, StorageIOError
 from tidepool_cli.limits import MAX_DIM, MAX_INPUT_ROWS, MAX_JSON_DEPTH
 
-FORMATS = ("npy", "fvecs", "bvecs", "jsonl")
-_EXTENSIONS = {".npy": "npy", ".fvecs": "fvecs", ".bvecs": "bvecs", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl"}
+FORMATS = ("npy", "fvecs", "bvecs", "jsonl", "parquet", "arrow")
+_EXTENSIONS = {".npy": "npy", ".fvecs": "fvecs", ".bvecs": "bvecs", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl",
+               ".parquet": "parquet", ".arrow": "arrow", ".feather": "arrow", ".arrows": "arrow", ".ipc": "arrow"}
 BATCH_BYTES = 64 << 20
 """Default size of one input batch (and so of one WAL record) in vector bytes."""
 
@@ -53,6 +57,10 @@ class InputBatch:
         Row number (0-based) of the first row in the whole input.
     first_line : int
         Line number (1-based) of the first row for JSONL, for error messages.
+    columns : dict of str to Column, or None
+        Attributes already in columns (Parquet, Arrow), instead of ``attributes``.
+    total : int or None
+        Rows in the whole input, where its header tells (for progress bars).
     """
 
     vectors: np.ndarray
@@ -60,6 +68,8 @@ class InputBatch:
     attributes: list[dict[str, Any] | None] | None
     first_row: int
     first_line: int = 0
+    columns: dict[str, Column] | None = None
+    total: int | None = None
 
 
 def default_batch_rows(dim: int) -> int:
@@ -67,16 +77,19 @@ def default_batch_rows(dim: int) -> int:
     return max(1, BATCH_BYTES // (4 * max(dim, 1)))
 
 
-def read_input(source: str | Path, fmt: str = "auto", batch_rows: int | None = None) -> Iterator[InputBatch]:
+def read_input(source: str | Path, fmt: str = "auto", batch_rows: int | None = None, *,
+               vector_column: str | None = None, id_column: str | None = None) -> Iterator[InputBatch]:
     """Batches of the input at ``source`` (a path, or ``-`` for standard input).
 
     Parameters
     ----------
     source : str or Path
-    fmt : {"auto", "npy", "fvecs", "bvecs", "jsonl"}
+    fmt : {"auto", "npy", "fvecs", "bvecs", "jsonl", "parquet", "arrow"}
         "auto" picks by file extension, or by sniffing the first bytes of stdin.
     batch_rows : int, optional
         Rows per batch (default: :func:`default_batch_rows`).
+    vector_column, id_column : str, optional
+        Columns of a Parquet or Arrow input (see :mod:`~tidepool_cli.ops.arrow_input`).
 
     Yields
     ------
@@ -97,14 +110,14 @@ def read_input(source: str | Path, fmt: str = "auto", batch_rows: int | None = N
             data = stream.read()
             stream, head = io.BufferedReader(io.BytesIO(data)), data[:8]
         fmt = _sniff(head, "standard input") if fmt == "auto" else fmt
-        return _dispatch(fmt, stream, None, batch_rows, "standard input")
+        return _dispatch(fmt, stream, None, batch_rows, "standard input", vector_column, id_column)
     path = Path(source)
     if not path.is_file():
         raise InvalidInputError(f"{path}: no such input file")
     head = _read_head(path)
     if fmt == "auto":
         fmt = _EXTENSIONS.get(path.suffix.lower()) or _sniff(head, str(path))
-    return _dispatch(fmt, None, path, batch_rows, str(path))
+    return _dispatch(fmt, None, path, batch_rows, str(path), vector_column, id_column)
 
 
 def _read_head(path: Path) -> bytes:
@@ -148,12 +161,21 @@ def _sniff(head: bytes, where: str) -> str:
         return "npy"
     if head.lstrip()[:1] == b"{":
         return "jsonl"
-    raise InvalidInputError(f"{where}: cannot tell the input format; pass --input-format npy|fvecs|bvecs|jsonl")
+    from tidepool_cli.ops.arrow_input import sniff_arrow
+
+    if fmt := sniff_arrow(head):
+        return fmt
+    raise InvalidInputError(f"{where}: cannot tell the input format; pass --input-format {'|'.join(FORMATS)}")
 
 
-def _dispatch(fmt: str, stream: BinaryIO | None, path: Path | None, batch_rows: int | None, where: str) -> Iterator[InputBatch]:
+def _dispatch(fmt: str, stream: BinaryIO | None, path: Path | None, batch_rows: int | None, where: str,
+              vector_column: str | None = None, id_column: str | None = None) -> Iterator[InputBatch]:
     if fmt not in FORMATS:
         raise InvalidInputError(f"unknown input format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    if fmt in ("parquet", "arrow"):
+        from tidepool_cli.ops.arrow_input import read_arrow
+
+        return read_arrow(fmt, path, stream, batch_rows, where, vector_column=vector_column, id_column=id_column)
     if fmt == "npy":
         return _npy_file(path, batch_rows, where) if path else _npy_stream(stream, batch_rows, where)
     if fmt in ("fvecs", "bvecs"):
@@ -190,7 +212,7 @@ def _npy_file(path: Path, batch_rows: int | None, where: str) -> Iterator[InputB
         raise InvalidInputError(f"{where}: not a valid .npy file ({_short(exc)})") from None
     step = batch_rows or default_batch_rows(arr.shape[1])
     for s in range(0, arr.shape[0], step):
-        yield InputBatch(arr[s : s + step], None, None, s)
+        yield InputBatch(arr[s : s + step], None, None, s, total=arr.shape[0])
 
 
 def _npy_header(stream: BinaryIO, where: str, streamed: bool = False) -> tuple[tuple[int, int], np.dtype]:
@@ -230,7 +252,7 @@ def _npy_stream(stream: BinaryIO, batch_rows: int | None, where: str) -> Iterato
         raw = stream.read(rows * row_bytes)
         if len(raw) != rows * row_bytes:
             raise InvalidInputError(f"{where}: truncated .npy data (expected {n} rows)")
-        yield InputBatch(np.frombuffer(raw, dtype=dtype).reshape(rows, d), None, None, s)
+        yield InputBatch(np.frombuffer(raw, dtype=dtype).reshape(rows, d), None, None, s, total=n)
 
 
 def _vecs(path: Path | None, stream: BinaryIO | None, fmt: str, batch_rows: int | None, where: str) -> Iterator[InputBatch]:
@@ -252,7 +274,7 @@ def _vecs(path: Path | None, stream: BinaryIO | None, fmt: str, batch_rows: int 
     vectors = body.view("<f4") if fmt == "fvecs" else body
     step = batch_rows or default_batch_rows(d)
     for s in range(0, vectors.shape[0], step):
-        yield InputBatch(vectors[s : s + step], None, None, s)
+        yield InputBatch(vectors[s : s + step], None, None, s, total=vectors.shape[0])
 
 
 def _jsonl(stream: BinaryIO, batch_rows: int | None, where: str) -> Iterator[InputBatch]:
