@@ -18,7 +18,7 @@ from tidepool_cli.cli.app import app
 
 runner = CliRunner()
 README = Path(__file__).resolve().parents[2] / "README.md"
-COMMANDS = ["ingest", "delete", "compact", "build-hnsw", "build-ivf", "query", "stats"]
+COMMANDS = ["ingest", "delete", "compact", "build-hnsw", "build-ivf", "query", "get", "count", "export", "stats"]
 
 
 def run(*args, input=None):
@@ -44,6 +44,9 @@ def _args(cmd, idx, d):
         "build-hnsw": ["build-hnsw", idx, "--min-rows", 0],
         "build-ivf": ["build-ivf", idx, "--min-rows", 0],
         "query": ["query", idx, "--vector", "[0, 0, 0, 0]"],
+        "get": ["get", idx, "--id", 2],
+        "count": ["count", idx],
+        "export": ["export", idx, "--output", d / "out.jsonl"],
         "stats": ["stats", idx, "--verify"],
     }[cmd]
 
