@@ -198,7 +198,9 @@ def test_tie_aware_mask_keeps_everything_within_the_bound():
     xq = np.ones((2, 4), np.float32)
     vals = np.array([[1.0, 1.0, 1.0, 1.0000001, 2.0], [0.0, 5.0, 5.0, 5.0, 5.0]], np.float32)
     mask = tie_aware_mask(vals, 2, 1, Slack(xq, "cosine"))
-    np.testing.assert_array_equal(mask, [[1, 1, 1, 1, 0], [1, 1, 0, 0, 0]])
+    # Row 0: within the bound of the first; row 1: every value tied with the 2nd is kept.
+    np.testing.assert_array_equal(mask, [[1, 1, 1, 1, 0], [1, 1, 1, 1, 1]])
+    np.testing.assert_array_equal(tie_aware_mask(vals, 1, 1, Slack(xq, "cosine"))[1], [1, 0, 0, 0, 0])
     np.testing.assert_array_equal(smallest_mask(vals, 2), [[1, 1, 0, 0, 0], [1, 1, 0, 0, 0]])
     v = np.array([-np.inf, -2.5, -0.0, 0.0, 1e-40, 3.0, np.inf], np.float32)
     assert (np.diff(sortable(v)) > 0).all()

@@ -138,8 +138,9 @@ class Slack:
         For the bounds a scan applies list by list, where :meth:`limit`'s dozen small
         numpy calls would cost more than the comparison they serve. With
         ``u = v + |q|^2 >= 0`` the l2 scale ``7|q|^2 + 2u + 8|q| sqrt(u)`` is at most
-        ``11|q|^2 + 6u`` (as ``8ab <= 4a^2 + 4b^2``), a line in ``v``; cosine and dot
-        slacks do not depend on ``v`` at all.
+        ``11|q|^2 + 6u`` (as ``8ab <= 4a^2 + 4b^2``), a line in ``v``; the loose limit is
+        the fixed point of ``L = v + slack_line(L)``. Cosine and dot slacks do not
+        depend on ``v`` at all.
 
         Returns
         -------
@@ -148,8 +149,10 @@ class Slack:
         if self._linear is None:
             c = SLACK_TERMS * self.g
             if self.metric == "l2":
-                grow = 1.0 + 6.0 * c  # covers the second evaluation inside limit()
-                self._linear = (1.0 + 6.0 * c * grow, 17.0 * c * grow * self.qn**2)
+                # The fixed point L = v + c (17 |q|^2 + 6 L): L bounds the slack of a
+                # score anywhere up to L itself, which limit() relies on.
+                grow = 1.0 / (1.0 - 6.0 * c)
+                self._linear = (grow, 17.0 * c * grow * self.qn**2)
             else:
                 self._linear = (1.0, self(np.zeros(self.qn.shape)))
         slope, offset = self._linear
@@ -158,8 +161,8 @@ class Slack:
     def limit(self, level: np.ndarray, rows: np.ndarray | slice = slice(None)) -> np.ndarray:
         """``level + slack(level)`` as (r,) float64: the largest score a cut must keep."""
         v = np.asarray(level, dtype=np.float64)
-        # The bound of a score near the limit, not at the level (l2 norms grow with it).
-        return v + self(v + self(v, rows), rows)
+        # The bound of a score up to the limit, not at the level (l2 norms grow with it).
+        return v + self(self.loose_limit(v, rows), rows)
 
 
 def smallest_mask(vals: np.ndarray, m: int, tie: np.ndarray | None = None) -> np.ndarray:
@@ -215,19 +218,11 @@ def smallest_k(vals: np.ndarray, k: int, tie: np.ndarray | None = None) -> tuple
     return cols, np.take_along_axis(vals, cols, axis=1)
 
 
-def kth_smallest(vals: np.ndarray, k: int) -> np.ndarray:
-    """(r,) the k-th smallest value of every row of (r, c) ``vals`` (+inf when c < k)."""
-    r, c = vals.shape
-    if c < k or k < 1:
-        return np.full(r, np.inf, dtype=vals.dtype)
-    return np.partition(vals, k - 1, axis=1)[:, k - 1]
-
-
 def tie_aware_mask(
-    vals: np.ndarray, m: int, k: int, slack: Slack, rows: np.ndarray | slice = slice(None), tie: np.ndarray | None = None
+    vals: np.ndarray, m: int, k: int, slack: Slack, rows: np.ndarray | slice = slice(None), loose: bool = False
 ) -> np.ndarray:
-    """Mask of a tie-aware cut: the m smallest of each row, and every entry within the
-    error bound of the row's k-th smallest (``k <= m``).
+    """Mask of a tie-aware cut: the m smallest finite entries of each row (all of those
+    equal to the m-th), and every entry within the error bound of the row's k-th smallest.
 
     Parameters
     ----------
@@ -236,22 +231,27 @@ def tie_aware_mask(
     m : int
         Entries kept at least (spare candidates), ``m >= 1``.
     k : int
-        Rank whose score sets the bound (the number of results asked for).
+        Rank whose score sets the bound (the number of results asked for), ``k <= m``.
     slack : Slack
     rows : (r,) int or slice
         The queries of ``slack`` the rows belong to.
-    tie : (r, c) int, optional
-        Tie-break keys of the m smallest.
+    loose : bool
+        Use :meth:`Slack.loose_limit` (cheaper, keeps a superset).
 
     Returns
     -------
     (r, c) bool
     """
-    mask = smallest_mask(vals, m, tie)
-    lim = slack.limit(kth_smallest(vals, min(k, m)), rows)
-    mask |= vals <= lim[:, None]
-    mask &= vals < np.inf
-    return mask
+    r, c = vals.shape
+    k = min(k, m)
+    if k > c:
+        return vals < np.inf
+    kths = sorted({k - 1, min(m, c) - 1})
+    part = np.partition(vals, kths, axis=1)
+    level = part[:, k - 1]
+    lim = slack.loose_limit(level, rows) if loose else slack.limit(level, rows)
+    lim = np.maximum(lim, part[:, min(m, c) - 1])
+    return (vals <= lim[:, None]) & (vals < np.inf)
 
 
 def stable_order(keys: np.ndarray, bound: int) -> np.ndarray:

@@ -180,7 +180,7 @@ def _complete_ties(xq, xb, cand, cval, k, metric, xb_sqnorms, allowed, slack) ->
     V = np.full((sat.size, width), np.inf, dtype=np.float32)
     X = np.full((sat.size, width), -1, dtype=np.int64)
     V[r, slot], X[r, slot] = v, c
-    keep = tie_aware_mask(V, kk, k, slack, sat, np.where(X < 0, np.iinfo(np.int64).max, X))
+    keep = tie_aware_mask(V, kk, k, slack, sat)
     w = int(keep.sum(axis=1).max())
     sel = np.argsort(~keep, axis=1, kind="stable")[:, :w]
     out = np.full((nq, max(kk, w)), -1, dtype=np.int64)

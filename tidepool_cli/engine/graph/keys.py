@@ -34,9 +34,11 @@ def encode(dist: np.ndarray, ids: np.ndarray, metric: str) -> np.ndarray:
     -------
     int64 array, same shape
     """
-    bits = sortable(dist)
-    if metric != "dot":
-        bits = np.maximum(bits, 0)
+    if metric == "dot":
+        bits = sortable(dist)
+    else:
+        # Non-negative floats sort like their bits; a rounding-negative one becomes +0.0.
+        bits = np.maximum(np.ascontiguousarray(dist, dtype=np.float32).view(np.int32), 0)
     return (bits.astype(np.int64) << 32) | (np.asarray(ids, dtype=np.int64) << 1) | 1
 
 

@@ -40,8 +40,9 @@ class PairScorer(Protocol):
 
     Called as ``scorer(ids, qrows)`` with ``ids`` (p,) int64 node ids and ``qrows`` (p,)
     int64 rows of the query batch; returns (p,) float32 distances in the public
-    convention of :mod:`~tidepool_cli.engine.distances` (non-negative for l2 and cosine,
-    up to rounding). Exact float32 today (:class:`ExactPairs`); quantized codes next.
+    convention of :mod:`~tidepool_cli.engine.distances` (non-negative for l2 and cosine
+    up to rounding; the beam keys clamp them at +0.0). Exact float32 today
+    (:class:`ExactPairs`); quantized codes next.
     """
 
     def __call__(self, ids: np.ndarray, qrows: np.ndarray) -> np.ndarray: ...
@@ -83,9 +84,9 @@ class ExactPairs:
             ip *= -2.0
             ip += self.sq[ids] if sq is None else sq
             ip += self.qsq[qrows]
-            return np.maximum(ip, 0.0, out=ip)
+            return ip
         if self.metric == "cosine":
-            return np.maximum(np.subtract(1.0, ip, out=ip), 0.0, out=ip)
+            return np.subtract(1.0, ip, out=ip)
         return np.negative(ip, out=ip)
 
 

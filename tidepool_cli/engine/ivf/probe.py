@@ -75,7 +75,7 @@ def probe(index: IvfIndex, xq: np.ndarray, nprobe: int, run: Runner) -> tuple[np
             block = proxy[r : r + step]
             # Lists whose centroid score is within float error of the nprobe-th are
             # probed too, so the probed set does not depend on the BLAS.
-            mask = tie_aware_mask(block, nprobe, nprobe, slack, slice(r, r + block.shape[0]))
+            mask = tie_aware_mask(block, nprobe, nprobe, slack, slice(r, r + block.shape[0]), loose=True)
             # Repeated argmin walks the lists in (proxy, id) order, the order the mask
             # was cut in, so the nb nearest are always probed lists.
             rows = np.arange(block.shape[0])

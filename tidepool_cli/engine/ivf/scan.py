@@ -317,7 +317,7 @@ def merge(kept, nq: int, k: int, kk: int, slack: Slack, run: Runner) -> tuple[np
         X[er, ep] = ids[e0:e1]
         if c == 0:
             return rows, X, V
-        mask = tie_aware_mask(V, kk, k, slack, rows, np.where(X < 0, np.iinfo(np.int64).max, X))
+        mask = tie_aware_mask(V, kk, k, slack, rows)
         width = int(mask.sum(axis=1).max())
         sel = np.argsort(~mask, axis=1, kind="stable")[:, :width]
         took = np.take_along_axis(mask, sel, 1)
