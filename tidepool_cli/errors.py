@@ -94,3 +94,7 @@ class StorageIOError(TidepoolError, OSError):
     """The operating system refused a read or write: disk full, permissions (exit 10)."""
 
     exit_code = 10
+
+
+class IndexRecoveryWarning(UserWarning):
+    """The index was read after a recovery (e.g. a damaged CURRENT); the CLI prints it as one line."""

@@ -12,6 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from tidepool_cli.cli.app import app
+from tidepool_cli.storage import sealed
 
 runner = CliRunner()
 
@@ -109,9 +110,13 @@ def test_bad_metric_and_bad_query_arguments(index, tmp_path):
 
 def test_newer_format_version_exits_8(index):
     settings = json.loads((index / "tidepool.json").read_text())
+    settings.pop("checksum")
     settings["format_version"] = 99
-    (index / "tidepool.json").write_text(json.dumps(settings))
+    (index / "tidepool.json").write_bytes(sealed.seal(settings))  # a well-formed file of a newer release
     assert_fails(run("query", index, "--vector", "[0,0,0,0,0,0,0,0]"), 8, "newer")
+    damaged = (index / "tidepool.json").read_bytes().replace(b'"format_version"', b'"format_versinn"')
+    (index / "tidepool.json").write_bytes(damaged)  # a flip in the key is damage, not a newer release
+    assert_fails(run("query", index, "--vector", "[0,0,0,0,0,0,0,0]"), 5, "damaged")
 
 
 def _flip(path, offset):
@@ -124,7 +129,7 @@ def test_corruption_exits_5_and_verify_names_the_damage(index):
     from tidepool_cli.storage.container import open_container
 
     seg = next((index / "segments").glob("*.tpvs"))
-    c = open_container(seg, "seg", b"VSEG", 1)
+    c = open_container(seg, "seg", b"VSEG", 1, verify="header")
     ids_off, vec_off = c.sections["ids"].offset, c.sections["vectors"].offset
     del c
     assert run("stats", index, "--verify").exit_code == 0
@@ -135,7 +140,8 @@ def test_corruption_exits_5_and_verify_names_the_damage(index):
     _flip(seg, ids_off + 1)  # checked on every open
     assert_fails(run("query", index, "--vector", "[0,0,0,0,0,0,0,0]"), 5, "section 'ids'")
     wal = sorted((index / "wal").glob("*.wal"))[-1]  # the pending one (the first is applied)
-    _flip(wal, wal.stat().st_size - 5)  # inside the record's vectors
+    wal_vec = open_container(wal, "wal", b"WALR", 2).sections["vectors"]
+    _flip(wal, wal_vec.offset + wal_vec.nbytes - 5)  # inside the record's vectors
     assert f"wal/{wal.name} record 0: checksum mismatch in section 'vectors'" in run("stats", index, "--verify").stderr
 
 

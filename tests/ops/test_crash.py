@@ -124,3 +124,26 @@ def test_kill_delete_at_every_step(data, tmp_path):
     seen, _ = run_until_done(make_copy, lambda idx: ["delete", idx, *sum((["--id", i] for i in ["0", "1", "2", "401", "799"]), [])], q, cands, "after")
     assert "before" in seen
     assert json.loads(tidepool("stats", make_copy(), "--json").stdout)["live_rows"] == 800
+
+
+def test_kill_build_hnsw_at_many_steps(data, tmp_path):
+    """A build killed anywhere leaves the index answering as before; a rerun completes it.
+
+    Every seventh durable step, to keep the suite short (a build has many steps)."""
+    d, x, q = data
+    old = np.concatenate([x[:400], x[:400]])
+    cands = {"same": (old, np.arange(800))}
+    idx = tmp_path / "b"
+    for step in range(1, 400, 7):
+        shutil.rmtree(idx, ignore_errors=True)
+        shutil.copytree(d / "base", idx)
+        r = tidepool("build-hnsw", idx, "--min-rows", "0", fault=step)
+        check_intact(idx, q, cands)
+        if r.returncode == 0:
+            break
+        assert r.returncode == -9, (step, r.returncode, r.stderr)
+        assert tidepool("build-hnsw", idx, "--min-rows", "0").returncode == 0
+        check_intact(idx, q, cands)
+    else:
+        raise AssertionError("the build never completed")
+    assert step > 8

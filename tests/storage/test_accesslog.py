@@ -180,3 +180,15 @@ def test_collected_records_fold_into_row_temperatures(tmp_path):
     assert p.counts() == {"larval->adult": 1, "larval->nymph": 2} and meta.stage[3] == ADULT  # rows 0 and 7 are warm
     assert meta.access_count[[0, 3, 7]].tolist() == [6, 12, 6] and meta.last_access[3] == day + 63  # 5.75 * 11 rounded down
     assert list(d.iterdir()) == []
+
+
+def test_a_fifo_or_symlink_in_the_access_directory_is_skipped_not_opened(tmp_path):
+    directory = tmp_path / "access"
+    directory.mkdir()
+    os.mkfifo(directory / f"1-fifo{SUFFIX}")  # opening it for reading would block forever
+    outside = tmp_path / "outside.tpal"
+    outside.write_bytes(b"x" * 100)
+    (directory / f"2-link{SUFFIX}").symlink_to(outside)
+    batch = collect_access_logs(directory)
+    assert len(batch.records.rows) == 0 and batch.names == []
+    batch.release()

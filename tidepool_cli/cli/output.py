@@ -7,12 +7,13 @@ import json
 import os
 import sys
 import traceback
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
 import typer
 
-from tidepool_cli.errors import TidepoolError
+from tidepool_cli.errors import IndexRecoveryWarning, TidepoolError
 
 
 class Settings:
@@ -54,9 +55,21 @@ def warn(message: str) -> None:
     sys.stderr.write(f"Warning: {message}\n")
 
 
+_show_warning = warnings.showwarning
+
+
+def _show_recovery(message, category, filename, lineno, file=None, line=None) -> None:
+    """Print the storage layer's recovery warnings as one ``Warning: ...`` line."""
+    if issubclass(category, IndexRecoveryWarning):
+        warn(str(message))
+    else:
+        _show_warning(message, category, filename, lineno, file, line)
+
+
 @contextlib.contextmanager
 def handle_errors() -> Iterator[None]:
     """Translate errors into one ``Error: ...`` line and the documented exit code."""
+    warnings.showwarning = _show_recovery
     try:
         yield
         sys.stdout.flush()  # a closed pipe shows here, inside the handler, not at exit

@@ -34,10 +34,12 @@ from tidepool_cli.engine.columns import concat_columns
 from tidepool_cli.errors import ConflictError, CorruptIndexError
 from tidepool_cli.ops.progress import NULL_PROGRESS, Progress
 from tidepool_cli.ops.view import IndexView
+from tidepool_cli.storage.atomic import discard
 from tidepool_cli.storage.container import Rows
-from tidepool_cli.storage.gc import DEFAULT_GRACE_SECONDS, collect_garbage
+from tidepool_cli.storage.gc import DEFAULT_GRACE_SECONDS
 from tidepool_cli.storage.lock import DEFAULT_LOCK_TIMEOUT
-from tidepool_cli.storage.manifest import Manifest, SegmentEntry, read_current, write_manifest
+from tidepool_cli.storage.manifest import Manifest, SegmentEntry
+from tidepool_cli.storage.publish import publish
 from tidepool_cli.storage.segment import SegmentData, write_deletions, write_segment
 
 TIER_BASE_ROWS = 16384
@@ -184,10 +186,13 @@ def compact(
         groups.append(["wal"])
     merged = {n for g in groups for n in g if n != "wal"} | dropped
     if not tail.records and not groups and not dropped and not newly_dead:
-        with layout.lock("compact", lock_timeout):
-            current = read_current(layout)
-            gc = collect_garbage(layout, current, grace)
-        return CompactResult(str(index), False, current.generation, 0, 0, 0, 0, len(current.segments), gc.files, gc.bytes, time.perf_counter() - t0)
+        done = publish(layout, "compact", lock_timeout, lambda current: None, grace=grace)
+        current, gc = done.manifest, done.gc
+        return CompactResult(
+            index=str(index), changed=False, generation=current.generation, wal_files=0, rows_written=0, rows_deleted=0,
+            segments_merged=0, segments=len(current.segments), files_removed=gc.files, bytes_freed=gc.bytes,
+            seconds=time.perf_counter() - t0,
+        )
 
     next_segment = base.next_segment
     new_entries: list[SegmentEntry] = []
@@ -215,64 +220,53 @@ def compact(
     rows_deleted = sum(segs[n].rows - segs[n].entry.deleted - live_rows[n] for n in segs)
 
     applied_through = max((r.seq for r in tail.records), default=base.wal_applied_through)
-    published = False
-    try:
-        with layout.lock("compact", lock_timeout):
-            current = read_current(layout)
-            _check_unchanged(base, current, merged | set(updated))
-            new = current.successor(
-                wal_applied_through=applied_through,
-                next_segment=next_segment,
-                max_int_id=tail.max_int_id,
-                schema=dict(tail.schema),
-                **_rewire(layout, current, merged, updated, new_entries, tail.records),
-            )
-            # From here on the new files may be referenced: a failure leaves orphans for
-            # garbage collection rather than deleting files a published manifest names.
-            published = True
-            write_manifest(layout, new)
-            gc = collect_garbage(layout, new, grace)
-    finally:
-        if not published:  # a conflict, a lock timeout or an I/O error: leave nothing behind
-            _remove_new(layout, new_entries, updated)
+
+    def update(current: Manifest) -> dict:
+        _check_unchanged(base, current, merged | set(updated))
+        return {
+            "wal_applied_through": applied_through,
+            "next_segment": next_segment,
+            "max_int_id": tail.max_int_id,
+            "schema": dict(tail.schema),
+            **_rewire(layout, current, merged, updated, new_entries, tail.records),
+        }
+
+    done = publish(layout, "compact", lock_timeout, update, discard=lambda: _remove_new(layout, new_entries, updated), grace=grace)
+    new, gc = done.manifest, done.gc
     return CompactResult(
-        str(index),
-        True,
-        new.generation,
-        len({r.seq for r in tail.records}),
-        rows_written,
-        rows_deleted,
-        sum(1 for g in groups for n in g if n != "wal") + len(dropped),
-        len(new.segments),
-        gc.files,
-        gc.bytes,
-        time.perf_counter() - t0,
+        index=str(index),
+        changed=True,
+        generation=new.generation,
+        wal_files=len({r.seq for r in tail.records}),
+        rows_written=rows_written,
+        rows_deleted=rows_deleted,
+        segments_merged=sum(1 for g in groups for n in g if n != "wal") + len(dropped),
+        segments=len(new.segments),
+        files_removed=gc.files,
+        bytes_freed=gc.bytes,
+        seconds=time.perf_counter() - t0,
     )
 
 
 def _rewire(layout, current: Manifest, merged: set[str], updated: dict[str, SegmentEntry], new_entries, records) -> dict:
-    """Segments and obsolete files of the next generation, built on ``current``.
+    """Segments and newly obsolete files of the next generation, built on ``current``.
 
     Entries come from ``current`` (not from the snapshot), so sidecar indexes that a
     concurrent build published for an untouched or re-deleted segment are kept.
     """
-    now = time.time()
-    obsolete = [(layout.rel(layout.manifest_path(current.generation)), now)] if current.generation else []
+    obsolete = []
     segments = []
     for entry in current.segments:
         if entry.name in merged:
-            obsolete += [(ref.path, now) for ref in entry.files()]
+            obsolete += [ref.path for ref in entry.files()]
         elif entry.name in updated:
             if entry.deletions:
-                obsolete.append((entry.deletions.path, now))
+                obsolete.append(entry.deletions.path)
             segments.append(replace(entry, deletions=updated[entry.name].deletions, deleted=updated[entry.name].deleted))
         else:
             segments.append(entry)
-    obsolete += [(layout.rel(layout.wal_path(r.seq)), now) for r in records if r.index == 0]
-    return {
-        "segments": tuple(segments) + tuple(new_entries),
-        "obsolete": tuple(_still_present(layout, current.obsolete)) + tuple(obsolete),
-    }
+    obsolete += [layout.rel(layout.wal_path(r.seq)) for r in records if r.index == 0]
+    return {"segments": tuple(segments) + tuple(new_entries), "obsolete": tuple(obsolete)}
 
 
 def _merge_data(sources, schema: dict[str, str]) -> SegmentData:
@@ -305,15 +299,9 @@ def _check_unchanged(base: Manifest, current: Manifest, touched: set[str]) -> No
             raise ConflictError(f"segment {name} changed meanwhile (generation {current.generation}); nothing changed, run compact again")
 
 
-def _still_present(layout, obsolete):
-    for rel, since in obsolete:
-        if layout.path(rel).exists():
-            yield rel, since
-
-
 def _remove_new(layout, entries: list[SegmentEntry], updated: dict[str, SegmentEntry]) -> None:
     for e in entries:
-        layout.path(e.vectors.path).unlink(missing_ok=True)
+        discard(layout.path(e.vectors.path))
     for e in updated.values():
         if e.deletions:
-            layout.path(e.deletions.path).unlink(missing_ok=True)
+            discard(layout.path(e.deletions.path))

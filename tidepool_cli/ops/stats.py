@@ -7,16 +7,18 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tidepool_cli.errors import CorruptIndexError, UnsupportedFormatError
+from tidepool_cli.errors import TidepoolError
 from tidepool_cli.ops.view import IndexView, count_rows
 from tidepool_cli.storage.atomic import TMP_MARK
 from tidepool_cli.storage.layout import Layout, open_index_dir
 from tidepool_cli.storage.manifest import Manifest, read_current
 from tidepool_cli.storage.segment import DELETIONS_KIND, DELETIONS_VERSION, SEGMENT_KIND, SEGMENT_VERSION, open_ref
-from tidepool_cli.storage.sidecars import SIDECARS
-from tidepool_cli.storage.wal import list_wal, read_wal_file
+from tidepool_cli.storage.sidecars import SIDECARS, check_sidecar
+from tidepool_cli.storage.wal import LEDGER_NAME, check_sequence, list_wal, read_wal_file
 
-FILE_KINDS = ("vectors", "deletions", "hnsw", "ivf", "wal", "metadata", "obsolete", "temporary")
+def file_kinds() -> tuple[str, ...]:
+    """Kinds of ``bytes_by_kind``: one per registered sidecar kind among them."""
+    return ("vectors", "deletions", *SIDECARS, "wal", "metadata", "obsolete", "temporary")
 
 
 @dataclass(frozen=True)
@@ -99,25 +101,28 @@ def stats(index: str | Path, *, verify: bool = False) -> StatsResult:
     wal = list_wal(layout)
     pending = [(seq, p) for seq, p in wal if seq > manifest.wal_applied_through]
     wal_stats = {"files": len(pending), "records": 0, "rows": 0, "deletes": 0, "bytes": sum(_size(p) for _, p in pending)}
-    schema = dict(manifest.schema)
-    if problems:
-        # Damaged files: report what the manifest says without opening them.
-        per_seg = [SegmentStats(e.name, e.rows, e.live_rows, e.deleted, sum(r.bytes for r in e.files()), _index_info(e)) for e in manifest.segments]
-        live = sum(e.live_rows for e in manifest.segments)
-        dead = sum(e.deleted for e in manifest.segments)
-    else:
-        view = IndexView(index)
-        schema = dict(view.tail.schema)  # attributes from the WAL tail count before compaction
+    try:
+        view = IndexView(index, verify="header" if problems else "small")
+        records = view.tail.records
         counts = count_rows(view.sources())
-        for rec in view.tail.records:
-            key = "rows" if rec.meta["op"] == "upsert" else "deletes"
-            wal_stats[key] += rec.rows
-            wal_stats["records"] += 1
-        per_seg = []
-        for e in manifest.segments:
-            live_s, dead_s = counts.per_source[e.name]
-            per_seg.append(SegmentStats(e.name, e.rows, live_s, dead_s, sum(r.bytes for r in e.files()), _index_info(e)))
+    except TidepoolError:
+        if not problems:
+            raise
+        # Damaged beyond a view: what the manifest says, and every WAL record still readable.
+        view, counts, records = None, None, _readable_records(layout, pending)
+    for rec in records:
+        key = "rows" if rec.meta["op"] == "upsert" else "deletes"
+        wal_stats[key] += rec.rows
+        wal_stats["records"] += 1
+    per_seg = []
+    for e in manifest.segments:
+        live_s, dead_s = counts.per_source[e.name] if counts else (e.live_rows, e.deleted)
+        per_seg.append(SegmentStats(e.name, e.rows, live_s, dead_s, sum(r.bytes for r in e.files()), _index_info(e)))
+    if counts:
         live, dead = counts.live, counts.dead
+    else:
+        live = sum(e.live_rows for e in manifest.segments) + wal_stats["rows"]
+        dead = sum(e.deleted for e in manifest.segments)
     by_kind = _bytes_by_kind(layout, manifest)
     total = sum(by_kind.values())
     # What the index costs per live vector: obsolete and temporary files are on their way out.
@@ -136,7 +141,7 @@ def stats(index: str | Path, *, verify: bool = False) -> StatsResult:
         by_kind,
         total,
         round(kept / live, 2) if live else None,
-        schema,
+        dict(view.schema) if view is not None else dict(manifest.schema),
         _index_totals(manifest),
         verify,
         problems,
@@ -176,23 +181,44 @@ def _verify(layout: Layout, manifest: Manifest) -> list[str]:
         checks = [(entry.vectors, SEGMENT_KIND, SEGMENT_VERSION)]
         if entry.deletions:
             checks.append((entry.deletions, DELETIONS_KIND, DELETIONS_VERSION))
-        for key, ref in entry.indexes.items():
-            checks.append((ref, SIDECARS[key].kind, SIDECARS[key].version))
         for ref, kind, version in checks:
-            try:
-                c = open_ref(layout, ref, kind, version, verify="header")
-                problems += [f"{ref.path}: checksum mismatch in section {name!r}" for name in c.damaged_sections()]
-            except (CorruptIndexError, UnsupportedFormatError) as exc:
-                problems.append(str(exc))
-    for seq, path in list_wal(layout):
-        if seq <= manifest.wal_applied_through:
-            continue
+            problems += _container_problems(ref.path, lambda: open_ref(layout, ref, kind, version, verify="header"))
+        for key, ref in entry.indexes.items():
+            if key not in SIDECARS:
+                problems.append(f"{ref.path}: sidecar kind {key!r} is unknown to this tidepool")
+                continue
+            problems += _container_problems(ref.path, lambda: check_sidecar(layout, entry, key, verify="header"))
+    try:
+        files, ledger = check_sequence(layout, manifest)
+    except TidepoolError as exc:
+        problems.append(str(exc))
+        files, ledger = [(seq, p) for seq, p in list_wal(layout) if seq > manifest.wal_applied_through], None
+    for seq, path in files:
         try:
-            for rec in read_wal_file(layout, seq, path, verify="header"):
+            for rec in read_wal_file(layout, seq, path, verify="header", expect=ledger if ledger and ledger.seq == seq else None):
                 problems += [f"{rec.container.where}: checksum mismatch in section {name!r}" for name in rec.container.damaged_sections()]
-        except CorruptIndexError as exc:
+        except TidepoolError as exc:
             problems.append(str(exc))
     return problems
+
+
+def _container_problems(path: str, opener) -> list[str]:
+    try:
+        c = opener()
+    except TidepoolError as exc:
+        return [str(exc)]
+    return [f"{path}: checksum mismatch in section {name!r}" for name in c.damaged_sections()]
+
+
+def _readable_records(layout: Layout, pending) -> list:
+    """WAL records of the files that can still be read, file by file."""
+    out = []
+    for seq, path in pending:
+        try:
+            out += read_wal_file(layout, seq, path, verify="header")
+        except TidepoolError:
+            continue
+    return out
 
 
 def _size(path: Path) -> int:
@@ -204,7 +230,7 @@ def _size(path: Path) -> int:
 
 def _bytes_by_kind(layout: Layout, manifest: Manifest) -> dict[str, int]:
     """Bytes on disk per kind of file; unreferenced files count as obsolete."""
-    out = dict.fromkeys(FILE_KINDS, 0)
+    out = dict.fromkeys(file_kinds(), 0)
     referenced = {}
     for e in manifest.segments:
         referenced[e.vectors.path] = "vectors"
@@ -221,7 +247,7 @@ def _bytes_by_kind(layout: Layout, manifest: Manifest) -> dict[str, int]:
             continue
         for name in names:
             path = d / name
-            if not path.is_file():
+            if not path.is_file() or not path.resolve().is_relative_to(layout.root.resolve()):
                 continue
             rel = layout.rel(path)
             if TMP_MARK in name:
@@ -230,7 +256,7 @@ def _bytes_by_kind(layout: Layout, manifest: Manifest) -> dict[str, int]:
                 kind = referenced[rel]
             elif rel in pending:
                 kind = "wal"
-            elif d == layout.root and (name in ("tidepool.json", "CURRENT", "LOCK") or name == current):
+            elif (d == layout.root and (name in ("tidepool.json", "CURRENT", "LOCK") or name == current)) or (d == layout.wal_dir and name == LEDGER_NAME):
                 kind = "metadata"
             else:
                 kind = "obsolete"

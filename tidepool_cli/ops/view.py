@@ -18,7 +18,7 @@ import numpy as np
 from tidepool_cli.engine.columns import Column, concat_columns, merge_kinds
 from tidepool_cli.engine.distances import sqnorms
 from tidepool_cli.errors import CorruptIndexError
-from tidepool_cli.storage.layout import IndexSettings, Layout, open_index_dir
+from tidepool_cli.storage.layout import open_index_dir
 from tidepool_cli.storage.manifest import Manifest, read_current
 from tidepool_cli.storage.segment import Segment
 from tidepool_cli.storage.wal import WalRecord, pending_records
@@ -172,14 +172,14 @@ def resolve_tail(manifest: Manifest, records: list[WalRecord], id_type: str, dim
         lengths = [b.n for b in batches]
         columns = {name: concat_columns([b.columns.get(name) for b in batches], lengths, kind) for name, kind in schema.items()}
         source = Source(
-            "wal",
-            vectors,
-            sqnorms(vectors),
-            all_keys[up_rows],
-            winner[up_rows],
-            columns.get,
-            None,
-            np.concatenate(row_ids),
+            name="wal",
+            vectors=vectors,
+            sqnorms=sqnorms(vectors),
+            ids=all_keys[up_rows],
+            live=winner[up_rows],
+            column=columns.get,
+            segment=None,
+            row_ids=np.concatenate(row_ids),
         )
     return Tail(records, touched, source, max_id, schema, deletes)
 
@@ -219,7 +219,9 @@ class IndexView:
             live = ~seg.deleted
             if touched.size:
                 live &= ~np.isin(seg.ids, touched)
-            out.append(Source(seg.name, seg.vectors, seg.sqnorms, seg.ids, live, seg.column, seg, seg.row_ids))
+            out.append(
+                Source(name=seg.name, vectors=seg.vectors, sqnorms=seg.sqnorms, ids=seg.ids, live=live, column=seg.column, segment=seg, row_ids=seg.row_ids)
+            )
         if self.tail.source is not None:
             out.append(self.tail.source)
         return out
@@ -248,8 +250,3 @@ def count_rows(sources: list[Source]) -> ViewCounts:
         counts.live += live
         counts.dead += s.rows - live
     return counts
-
-
-def open_layout(root: str | Path) -> tuple[Layout, IndexSettings]:
-    """Layout and settings of an existing index (re-exported for ops modules)."""
-    return open_index_dir(Path(root))

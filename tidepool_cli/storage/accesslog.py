@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import stat
 import struct
 import time
 import uuid
@@ -300,8 +301,12 @@ def collect_access_logs(directory: Path, folded: Collection[str] = (), now: floa
         if not name.endswith(SUFFIX):
             continue
         try:
-            fd = os.open(path, os.O_RDONLY)
-        except FileNotFoundError:
+            # Never follow a symlink out of the index nor block on a FIFO someone put here.
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
+        except OSError:
+            continue
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
             continue
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -338,10 +343,10 @@ def _read_all(fd: int) -> bytes:
 def _remove_stale_tmp(path: Path, now: float) -> None:
     """Remove a temporary log a killed writer left before renaming it (it holds no records)."""
     try:
-        if now - path.stat().st_mtime < STALE_TMP_SECONDS:
+        if now - path.lstat().st_mtime < STALE_TMP_SECONDS:
             return
-        fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
+    except OSError:
         return
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -5,8 +5,9 @@ over its final name with ``os.replace`` and made durable by an fsync of the dire
 (the recipe of zarr's ``_atomic_write`` and of LevelDB's CURRENT swap). A reader
 therefore sees either the old file or the complete new one, never a torn one.
 
-Temporary names contain :data:`TMP_MARK`; garbage collection removes those left behind
-by a killed process once they are older than the grace period.
+Temporary names contain :data:`TMP_MARK` and their writer's owner tag
+(:mod:`~tidepool_cli.storage.owner`); garbage collection removes one only once its
+writer is gone.
 
 Crash testing: when the environment variable ``TIDEPOOL_FAULT_STEP=N`` is set, the
 process kills itself with SIGKILL at the N-th durable step (each write, fsync and rename
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from tidepool_cli.errors import StorageIOError
+from tidepool_cli.storage.owner import owner_tag
 
 TMP_MARK = ".tmp."
 """Substring that marks an unpublished temporary file."""
@@ -44,7 +46,7 @@ def fault_point() -> None:
 
 def tmp_path(final: Path) -> Path:
     """A unique temporary name beside ``final`` (same directory, so rename is atomic)."""
-    return final.with_name(f"{final.name}{TMP_MARK}{os.getpid()}.{uuid.uuid4().hex[:8]}")
+    return final.with_name(f"{final.name}{TMP_MARK}{owner_tag()}.{uuid.uuid4().hex[:8]}")
 
 
 def fsync_dir(directory: Path) -> None:
@@ -92,11 +94,20 @@ def write_file(final: Path, fill: Callable[[BinaryIO], None] | bytes) -> int:
         publish_file(tmp, final)
         return size
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
+        discard(tmp)
         raise storage_error(exc, final) from exc
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        discard(tmp)
         raise
+
+
+def discard(path: Path) -> None:
+    """Remove an unpublished file if it exists; an error here (a read-only file system)
+    must not hide the error that made the caller give up, so it is ignored."""
+    try:
+        path.unlink(missing_ok=True)
+    except OSError:
+        pass
 
 
 def publish_file(tmp: Path, final: Path) -> None:

@@ -271,13 +271,21 @@ class Container:
         self.sections: dict[str, Section] = {}
         for i in range(n_sections):
             name, dt, sflags, off, nbytes, rows, cols, scrc = ENTRY.unpack_from(head, HEADER.size + ENTRY.size * i)
-            dtype = np.dtype(dt.rstrip(b"\0").decode())
+            try:
+                dtype = np.dtype(dt.rstrip(b"\0").decode("ascii"))
+            except (TypeError, ValueError):
+                raise CorruptIndexError(f"{where}: section table entry {i} has an invalid dtype") from None
             shape = (rows, cols) if cols else (rows,)
             if off < data_start or off + nbytes > length or rows * max(cols, 1) * dtype.itemsize != nbytes:
                 raise CorruptIndexError(f"{where}: section table entry {i} is inconsistent")
-            sec = Section(name.rstrip(b"\0").decode(), dtype, shape, off, nbytes, scrc, bool(sflags & SECTION_BULK))
+            sec = Section(name.rstrip(b"\0").decode("ascii", errors="replace"), dtype, shape, off, nbytes, scrc, bool(sflags & SECTION_BULK))
             self.sections[sec.name] = sec
-        self.meta: dict[str, Any] = json.loads(head[HEADER.size + ENTRY.size * n_sections :])
+        try:
+            self.meta: dict[str, Any] = json.loads(head[HEADER.size + ENTRY.size * n_sections :])
+        except (ValueError, RecursionError):
+            raise CorruptIndexError(f"{where}: metadata is not valid JSON") from None
+        if not isinstance(self.meta, dict):
+            raise CorruptIndexError(f"{where}: metadata is not a JSON object")
         self._buf, self._start = buf, start
         if verify != "header":
             bad = self.damaged_sections(include_bulk=verify == "all")
@@ -316,25 +324,39 @@ class Container:
         return bad
 
 
-def map_file(path: Path, where: str) -> np.ndarray:
+def map_file(path: Path, where: str, root: Path | None = None) -> np.ndarray:
     """Memory-map a whole file read-only as uint8.
+
+    Parameters
+    ----------
+    root : Path, optional
+        The index directory: the file must resolve to a regular file inside it.
 
     Raises
     ------
     CorruptIndexError
-        If the file is missing or empty (a published file never is).
+        The file is missing, empty (a published file never is), not a regular file, or
+        outside ``root``.
+    StorageIOError
+        The operating system refused the read.
     """
+    from tidepool_cli.storage.safe import read_error, regular_file
+
+    if regular_file(root if root is not None else path.parent, path, where).st_size == 0:
+        raise CorruptIndexError(f"{where}: empty file")
     try:
-        if path.stat().st_size == 0:
-            raise CorruptIndexError(f"{where}: empty file")
         return np.memmap(path, dtype=np.uint8, mode="r")
     except FileNotFoundError:
         raise CorruptIndexError(f"{where}: file is missing") from None
+    except OSError as exc:
+        raise read_error(exc, where) from None
 
 
-def open_container(path: Path, where: str, kind: bytes, max_version: int, *, known_flags: int = 0, verify: str = "small") -> Container:
-    """Open and check the container file at ``path`` (see :class:`Container`)."""
-    return Container(map_file(path, where), 0, where, kind, max_version, known_flags=known_flags, verify=verify)
+def open_container(
+    path: Path, where: str, kind: bytes, max_version: int, *, known_flags: int = 0, verify: str = "small", root: Path | None = None
+) -> Container:
+    """Open and check the container file at ``path`` (see :class:`Container` and :func:`map_file`)."""
+    return Container(map_file(path, where, root), 0, where, kind, max_version, known_flags=known_flags, verify=verify)
 
 
 def _as_parts(value: SectionInput) -> list[np.ndarray | Rows]:

@@ -15,10 +15,18 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from tidepool_cli.errors import CorruptIndexError
 from tidepool_cli.storage.atomic import TMP_MARK
 from tidepool_cli.storage.layout import Layout
 from tidepool_cli.storage.manifest import Manifest
-from tidepool_cli.storage.wal import list_wal
+from tidepool_cli.storage.owner import owner_alive, owner_of
+from tidepool_cli.storage.safe import inside
+from tidepool_cli.storage.segment import DELETIONS_SUFFIX, SEGMENT_SUFFIX
+from tidepool_cli.storage.sidecars import SIDECARS
+from tidepool_cli.storage.wal import LEDGER_NAME, list_wal
+
+PROTECTED = frozenset({"tidepool.json", "CURRENT", "LOCK", f"wal/{LEDGER_NAME}"})
+"""Metadata files garbage collection never removes, whatever a manifest says."""
 
 DEFAULT_GRACE_SECONDS = 300.0
 """Seconds an obsolete file is kept for readers of older generations (``--grace``)."""
@@ -58,11 +66,14 @@ def collect_garbage(layout: Layout, manifest: Manifest, grace: float, now: float
     GcResult
     """
     now = time.time() if now is None else now
-    keep = manifest.referenced_paths() | {layout.rel(layout.manifest_path(manifest.generation))}
+    keep = manifest.referenced_paths() | {layout.rel(layout.manifest_path(manifest.generation))} | PROTECTED
     candidates: list[Path] = []
     for rel, since in manifest.obsolete:
         if now - since >= grace and rel not in keep:
-            candidates.append(layout.path(rel))
+            try:
+                candidates.append(layout.path(rel, "obsolete list"))
+            except CorruptIndexError:
+                continue  # a path leaving the index is never deleted
     obsolete = {rel for rel, _ in manifest.obsolete}
     applied_wal = {p for seq, p in list_wal(layout) if seq <= manifest.wal_applied_through}
     for path in _index_files(layout):
@@ -70,18 +81,23 @@ def collect_garbage(layout: Layout, manifest: Manifest, grace: float, now: float
         if rel in keep or rel in obsolete:
             continue
         if TMP_MARK in path.name or _is_leftover(layout, manifest, path, applied_wal):
+            owner = owner_of(path.name)
+            if owner is not None and owner_alive(*owner):
+                continue  # its writer may still publish or rename it
             try:
-                if now - path.stat().st_mtime >= grace:
+                if now - path.lstat().st_mtime >= grace:
                     candidates.append(path)
             except FileNotFoundError:
                 continue
     files = freed = 0
     for path in candidates:
+        if not inside(layout.root, path.parent):
+            continue  # a directory symlinked out of the index: not ours to delete from
         try:
-            size = path.stat().st_size
+            size = path.lstat().st_size
             path.unlink()
-        except FileNotFoundError:
-            continue
+        except OSError:
+            continue  # gone already, or not ours to remove (read-only): the next run retries
         files += 1
         freed += size
     return GcResult(files, freed)
@@ -91,16 +107,21 @@ def _index_files(layout: Layout) -> list[Path]:
     out = []
     for d in (layout.root, layout.segments_dir, layout.wal_dir):
         try:
-            out.extend(d / name for name in os.listdir(d) if (d / name).is_file())
-        except FileNotFoundError:
+            with os.scandir(d) as it:
+                out.extend(d / e.name for e in it if not e.is_dir(follow_symlinks=False))
+        except (FileNotFoundError, NotADirectoryError):
             continue
     return out
 
 
 def _is_leftover(layout: Layout, manifest: Manifest, path: Path, applied_wal: set[Path]) -> bool:
-    """Unreferenced files a crash can leave behind: segment files, applied WAL files, old manifests."""
+    """Unreferenced files a crash can leave behind: segment files, applied WAL files, old manifests.
+
+    In ``segments/`` only files of a kind tidepool writes (segments, deletion vectors,
+    registered sidecar kinds) are candidates; anything else there is left alone.
+    """
     if path.parent == layout.segments_dir:
-        return True
+        return path.suffix[1:] in {SEGMENT_SUFFIX, DELETIONS_SUFFIX, *(k.suffix for k in SIDECARS.values())}
     if path.parent == layout.wal_dir:
         return path in applied_wal
     return path.name.startswith("manifest-") and path.name != layout.manifest_path(manifest.generation).name

@@ -21,12 +21,16 @@ from typing import Any
 
 from tidepool_cli.engine.distances import check_metric
 from tidepool_cli.errors import CorruptIndexError, IndexNotFoundError, InvalidInputError, UnsupportedFormatError
-from tidepool_cli.storage.atomic import fsync_dir, write_file
+from tidepool_cli.storage import sealed
+from tidepool_cli.storage.atomic import fsync_dir, storage_error, write_file
 from tidepool_cli.storage.lock import WriterLock
+from tidepool_cli.storage.owner import owner_tag
+from tidepool_cli.storage.safe import check_rel, read_small
 
 FORMAT_NAME = "tidepool"
-FORMAT_VERSION = 1
-"""Version of the index directory layout written by this release."""
+FORMAT_VERSION = 2
+"""Version of the index directory layout written by this release (1: no checksums on
+``tidepool.json``, manifests and CURRENT, no WAL end records; still read)."""
 
 ID_TYPES = ("int", "str")
 
@@ -66,20 +70,37 @@ class IndexSettings:
         }
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any], where: str) -> "IndexSettings":
-        """Parse ``tidepool.json``, checking the format version first.
+    def from_dict(cls, d: dict[str, Any], where: str, checksum: bool | None = None) -> "IndexSettings":
+        """Parse ``tidepool.json``, checking its checksum and format version first.
+
+        Parameters
+        ----------
+        d : dict
+            The parsed JSON.
+        where : str
+            Names the file in messages.
+        checksum : bool or None
+            Result of :func:`~tidepool_cli.storage.sealed.check` on the raw bytes (None:
+            the file has no checksum, as written by format version 1).
 
         Raises
         ------
         UnsupportedFormatError
             Written by a newer format version.
         CorruptIndexError
-            Missing or invalid fields.
+            Checksum mismatch, missing or invalid fields (a damaged ``format_version`` is
+            damage, not a newer version).
         """
-        if d.get("format") != FORMAT_NAME:
+        if checksum is False:
+            raise CorruptIndexError(f"{where}: checksum mismatch (the file is damaged)")
+        if not isinstance(d, dict) or d.get("format") != FORMAT_NAME:
             raise CorruptIndexError(f"{where}: not a tidepool settings file")
         version = d.get("format_version")
-        if not isinstance(version, int) or version > FORMAT_VERSION:
+        if type(version) is not int or version < 1:
+            raise CorruptIndexError(f"{where}: invalid format_version {version!r} (the file is damaged)")
+        if checksum is None and version == FORMAT_VERSION:
+            raise CorruptIndexError(f"{where}: checksum missing (the file is damaged)")
+        if version > FORMAT_VERSION:
             raise UnsupportedFormatError(
                 f"{where}: index format version {version} is newer than this tidepool reads ({FORMAT_VERSION}); upgrade tidepool"
             )
@@ -123,11 +144,17 @@ class Layout:
         compaction and an index build) from ever choosing the same name, so one can
         never replace a file the other has already published.
         """
-        return self.segments_dir / f"{segment}.{uuid.uuid4().hex[:12]}.{suffix}"
+        return self.segments_dir / f"{segment}.{uuid.uuid4().hex[:12]}-{owner_tag()}.{suffix}"
 
-    def path(self, rel: str) -> Path:
-        """Absolute path of a manifest-relative path."""
-        return self.root / rel
+    def path(self, rel: str, where: str = "manifest") -> Path:
+        """Absolute path of a manifest-relative path.
+
+        Raises
+        ------
+        CorruptIndexError
+            ``rel`` is absolute or leaves the index (see :func:`~tidepool_cli.storage.safe.check_rel`).
+        """
+        return self.root / check_rel(rel, where)
 
     def rel(self, path: Path) -> str:
         """Manifest-relative form of a path inside the index."""
@@ -151,15 +178,14 @@ def open_index_dir(root: Path) -> tuple[Layout, IndexSettings]:
     layout = Layout(root)
     if not layout.root.is_dir():
         raise IndexNotFoundError(f"{root}: no such index directory")
-    try:
-        raw = layout.settings_path.read_bytes()
-    except FileNotFoundError:
-        raise IndexNotFoundError(f"{root}: not a tidepool index (no tidepool.json); create one with `tidepool ingest`") from None
+    raw = read_small(layout.root, layout.settings_path, str(layout.settings_path))
+    if raw is None:
+        raise IndexNotFoundError(f"{root}: not a tidepool index (no tidepool.json); create one with `tidepool ingest`")
     try:
         data = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise CorruptIndexError(f"{layout.settings_path}: not valid JSON") from None
-    return layout, IndexSettings.from_dict(data, str(layout.settings_path))
+    return layout, IndexSettings.from_dict(data, str(layout.settings_path), sealed.check(raw))
 
 
 def create_index_dir(root: Path, settings: IndexSettings, lock_timeout: float) -> tuple[Layout, IndexSettings]:
@@ -181,15 +207,21 @@ def create_index_dir(root: Path, settings: IndexSettings, lock_timeout: float) -
     leftovers = [p for p in root.iterdir() if p.name != "LOCK" and not p.name.startswith("tidepool.json.tmp.")] if root.is_dir() else []
     if leftovers and not (root / "tidepool.json").exists():
         raise InvalidInputError(f"{root}: directory is not empty and is not a tidepool index; choose a new path")
-    root.mkdir(parents=True, exist_ok=True)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise storage_error(exc, root) from None
     layout = Layout(root)
     with layout.lock("create", lock_timeout):
         if not layout.settings_path.exists():
-            write_file(layout.settings_path, (json.dumps(settings.to_dict(), indent=2) + "\n").encode())
+            write_file(layout.settings_path, sealed.seal(settings.to_dict(), indent=2))
         for d in (layout.wal_dir, layout.segments_dir):
             if not d.is_dir():
-                d.mkdir()
-                fsync_dir(layout.root)
+                try:
+                    d.mkdir()
+                    fsync_dir(layout.root)
+                except OSError as exc:
+                    raise storage_error(exc, d) from None
     return open_index_dir(root)
 
 

@@ -8,12 +8,14 @@ file, which only serves the error message of a writer that timed out.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
+import stat
 import time
 from pathlib import Path
 
-from tidepool_cli.errors import LockTimeoutError
+from tidepool_cli.errors import CorruptIndexError, LockTimeoutError, StorageIOError
 
 DEFAULT_LOCK_TIMEOUT = 30.0
 """Seconds a writer waits for the lock before giving up (``--lock-timeout``)."""
@@ -44,7 +46,7 @@ class WriterLock:
         self._fd: int | None = None
 
     def __enter__(self) -> "WriterLock":
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = _open_lock(self.path)
         deadline = time.monotonic() + self.timeout
         delay = 0.002
         while True:
@@ -61,8 +63,11 @@ class WriterLock:
                     ) from None
                 time.sleep(delay)
                 delay = min(delay * 2, 0.05)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()} ({self.purpose}) since {time.strftime('%Y-%m-%dT%H:%M:%S')}\n".encode(), 0)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"pid {os.getpid()} ({self.purpose}) since {time.strftime('%Y-%m-%dT%H:%M:%S')}\n".encode(), 0)
+        except OSError:
+            pass  # the holder's name only serves messages; a full disk must not block the lock
         self._fd = fd
         return self
 
@@ -71,6 +76,22 @@ class WriterLock:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None
+
+
+def _open_lock(path: Path) -> int:
+    """Open (or create) LOCK without following a symlink or opening a FIFO or device."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise CorruptIndexError(f"{path}: is a symlink; the writer lock must be a regular file") from None
+        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise StorageIOError(f"permission denied writing {path} (read-only file system or directory)") from None
+        raise StorageIOError(f"cannot open {path}: {exc.strerror or exc}") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise CorruptIndexError(f"{path}: is not a regular file")
+    return fd
 
 
 def _read_holder(fd: int) -> str:

@@ -5,22 +5,56 @@ CRC-32s), the WAL sequence number up to which records are already in segments, i
 schema bookkeeping, and the files that became obsolete with their time of obsolescence.
 Publishing writes ``manifest-<generation>.json`` atomically, then replaces ``CURRENT``
 atomically: a reader that reads CURRENT sees one complete generation.
+
+Roots of trust (version 2): a manifest ends with its own checksum
+(:mod:`~tidepool_cli.storage.sealed`), and CURRENT holds the manifest's name followed by
+the CRC-32 of that name. A manifest lists the reader features it needs
+(``"features"``); a reader refuses one it does not know. When CURRENT is missing or
+damaged but manifests exist, the reader recovers the newest manifest whose checksum
+holds and says so with an :class:`~tidepool_cli.errors.IndexRecoveryWarning`.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import re
 import time
+import warnings
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from tidepool_cli.errors import CorruptIndexError, UnsupportedFormatError
-from tidepool_cli.storage.atomic import write_file
+from tidepool_cli.errors import CorruptIndexError, IndexRecoveryWarning, UnsupportedFormatError
+from tidepool_cli.storage import sealed
+from tidepool_cli.storage.atomic import discard, write_file
 from tidepool_cli.storage.layout import Layout
+from tidepool_cli.storage.safe import MANIFEST_LIMIT, check_rel, read_small
 
 MANIFEST_FORMAT = "tidepool-manifest"
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2
+"""Written by this release; version 1 (no checksum, no features) is still read."""
+
+_CURRENT = re.compile(rb"^(manifest-(\d{6,})\.json)(?: crc32:([0-9a-f]{8}))?\n?$")
+_MANIFEST_NAME = re.compile(r"^manifest-(\d{6,})\.json$")
+
+BASE_FEATURES: frozenset[str] = frozenset()
+"""Reader features every manifest of this version may use without listing them."""
+
+_known_features: set[str] = set()
+
+
+def register_feature(name: str) -> None:
+    """Declare that this reader understands the manifest feature ``name``."""
+    _known_features.add(name)
+
+
+def known_features() -> set[str]:
+    """Every manifest feature this reader understands (sidecar kinds register theirs)."""
+    import tidepool_cli.storage.sidecars  # noqa: F401  (registers the sidecar kinds)
+
+    return set(_known_features) | set(BASE_FEATURES)
 
 
 @dataclass(frozen=True)
@@ -54,8 +88,8 @@ class FileRef:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "FileRef":
-        """Parse the JSON form."""
-        return cls(d["path"], int(d["bytes"]), int(d["crc32"]), dict(d.get("params", {})))
+        """Parse the JSON form (the path must stay inside the index, see :func:`check_rel`)."""
+        return cls(check_rel(d["path"], "manifest"), int(d["bytes"]), int(d["crc32"]), dict(d.get("params", {})))
 
 
 @dataclass(frozen=True)
@@ -163,11 +197,16 @@ class Manifest:
         """The next generation with ``changes`` applied and a fresh timestamp."""
         return replace(self, generation=self.generation + 1, created_unix=time.time(), **changes)
 
+    def features(self) -> list[str]:
+        """Reader features this generation needs: one ``sidecar.<key>`` per sidecar kind in use."""
+        return sorted({f"sidecar.{key}" for seg in self.segments for key in seg.indexes})
+
     def to_dict(self) -> dict[str, Any]:
-        """JSON form, as stored in ``manifest-NNNNNN.json``."""
+        """JSON form, as stored in ``manifest-NNNNNN.json`` (before its checksum)."""
         return {
             "format": MANIFEST_FORMAT,
             "format_version": MANIFEST_VERSION,
+            "features": self.features(),
             "generation": self.generation,
             "created_unix": self.created_unix,
             "wal_applied_through": self.wal_applied_through,
@@ -179,20 +218,41 @@ class Manifest:
         }
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any], where: str) -> "Manifest":
-        """Parse a manifest, checking its format version first.
+    def from_dict(cls, d: Mapping[str, Any], where: str, checksum: bool | None = None) -> "Manifest":
+        """Parse a manifest, checking its checksum, version and features first.
+
+        Parameters
+        ----------
+        d : mapping
+            The parsed JSON.
+        where : str
+            Names the file in messages.
+        checksum : bool or None
+            :func:`~tidepool_cli.storage.sealed.check` of the raw bytes; None when the
+            caller has no bytes (then no checksum is required).
 
         Raises
         ------
         UnsupportedFormatError
-            Newer manifest version.
+            Newer manifest version, or a reader feature this tidepool does not know.
         CorruptIndexError
-            Missing or malformed fields.
+            Checksum mismatch, missing or malformed fields, a path leaving the index.
         """
-        if d.get("format") != MANIFEST_FORMAT:
+        if checksum is False:
+            raise CorruptIndexError(f"{where}: checksum mismatch (the manifest is damaged)")
+        if not isinstance(d, Mapping) or d.get("format") != MANIFEST_FORMAT:
             raise CorruptIndexError(f"{where}: not a tidepool manifest")
-        if not isinstance(d.get("format_version"), int) or d["format_version"] > MANIFEST_VERSION:
-            raise UnsupportedFormatError(f"{where}: manifest version {d.get('format_version')} is newer than this tidepool reads; upgrade tidepool")
+        version = d.get("format_version")
+        if type(version) is not int or version < 1:
+            raise CorruptIndexError(f"{where}: invalid manifest format_version {version!r} (the manifest is damaged)")
+        if version > MANIFEST_VERSION:
+            raise UnsupportedFormatError(f"{where}: manifest version {version} is newer than this tidepool reads; upgrade tidepool")
+        features = d.get("features", [])
+        if not isinstance(features, list):
+            raise CorruptIndexError(f"{where}: malformed manifest (features)")
+        unknown = sorted(str(f) for f in features if f not in known_features())
+        if unknown:
+            raise UnsupportedFormatError(f"{where}: needs reader feature {unknown[0]!r}, unknown to this tidepool; upgrade tidepool")
         try:
             return cls(
                 generation=int(d["generation"]),
@@ -201,10 +261,10 @@ class Manifest:
                 max_int_id=None if d["max_int_id"] is None else int(d["max_int_id"]),
                 schema=dict(d["schema"]),
                 segments=tuple(SegmentEntry.from_dict(s) for s in d["segments"]),
-                obsolete=tuple((o["path"], float(o["since_unix"])) for o in d["obsolete"]),
+                obsolete=tuple((check_rel(o["path"], where), float(o["since_unix"])) for o in d["obsolete"]),
                 created_unix=float(d["created_unix"]),
             )
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise CorruptIndexError(f"{where}: malformed manifest ({exc!r})") from None
 
 
@@ -212,35 +272,90 @@ def read_current(layout: Layout) -> Manifest:
     """The manifest CURRENT names; generation 0 if the index was never compacted.
 
     Retries when a garbage collector removed the named manifest between the two reads
-    (possible only for a reader stalled longer than the grace period).
+    (possible only for a reader stalled longer than the grace period). A missing or
+    damaged CURRENT next to existing manifests is recovered: the newest manifest whose
+    checksum holds and whose files are all present with their recorded sizes is used,
+    with an :class:`~tidepool_cli.errors.IndexRecoveryWarning`.
 
     Raises
     ------
     CorruptIndexError
-        CURRENT names a manifest that does not exist or does not parse.
+        The named manifest is damaged, or CURRENT is damaged and no manifest is intact.
+    UnsupportedFormatError
+        A newer manifest version or an unknown reader feature.
     """
+    problem = ""
     for _ in range(5):
-        try:
-            name = layout.current_path.read_text().strip()
-        except FileNotFoundError:
+        raw = read_small(layout.root, layout.current_path, "CURRENT")
+        if raw is None:
+            problem = "CURRENT is missing"
+            break
+        m = _CURRENT.match(raw)
+        if m is None or (m.group(3) is not None and zlib.crc32(m.group(1)) != int(m.group(3), 16)):
+            problem = "CURRENT is damaged"
+            break
+        manifest = _load(layout, m.group(1).decode())
+        if manifest is not None:
+            return manifest
+        problem = f"CURRENT names {m.group(1).decode()}, which does not exist"
+    return _recover(layout, problem)
+
+
+def _load(layout: Layout, name: str) -> Manifest | None:
+    """Parse and check one manifest file; None if it does not exist."""
+    raw = read_small(layout.root, layout.root / name, name, MANIFEST_LIMIT)
+    if raw is None:
+        return None
+    try:
+        data = json.loads(raw)
+    except (ValueError, RecursionError):
+        raise CorruptIndexError(f"{name}: not valid JSON") from None
+    ok = sealed.check(raw)
+    if ok is None and isinstance(data, dict) and data.get("format_version") != 1:
+        raise CorruptIndexError(f"{name}: checksum missing (the manifest is damaged)")
+    return Manifest.from_dict(data, name, ok)
+
+
+def _recover(layout: Layout, problem: str) -> Manifest:
+    """The newest intact manifest when CURRENT cannot be trusted (see :func:`read_current`)."""
+    try:
+        names = [n for n in os.listdir(layout.root) if _MANIFEST_NAME.match(n)]
+    except FileNotFoundError:
+        names = []
+    if not names:
+        if problem == "CURRENT is missing":
             return Manifest()
-        if not name.startswith("manifest-") or "/" in name:
-            raise CorruptIndexError(f"{layout.current_path}: does not name a manifest")
-        path = layout.root / name
+        raise CorruptIndexError(f"{layout.current_path}: {problem.removeprefix('CURRENT ')} and no manifest is left to recover from")
+    for name in sorted(names, key=lambda n: int(_MANIFEST_NAME.match(n).group(1)), reverse=True):
         try:
-            raw = path.read_bytes()
-        except FileNotFoundError:
+            manifest = _load(layout, name)
+        except CorruptIndexError:
             continue
-        try:
-            data = json.loads(raw)
-        except ValueError:
-            raise CorruptIndexError(f"{path}: not valid JSON") from None
-        return Manifest.from_dict(data, str(path))
-    raise CorruptIndexError(f"{layout.current_path}: names a manifest that does not exist")
+        if manifest is not None and _files_present(layout, manifest):
+            warnings.warn(IndexRecoveryWarning(f"{layout.root}: {problem}; using {name}, the newest intact manifest"), stacklevel=2)
+            return manifest
+    raise CorruptIndexError(f"{layout.current_path}: {problem.removeprefix('CURRENT ')} and no manifest passes its checksum")
+
+
+def _files_present(layout: Layout, manifest: Manifest) -> bool:
+    """True if every file ``manifest`` references exists with its recorded size."""
+    for seg in manifest.segments:
+        for ref in seg.files():
+            try:
+                if os.stat(layout.path(ref.path)).st_size != ref.bytes:
+                    return False
+            except (OSError, CorruptIndexError):
+                return False
+    return True
 
 
 def write_manifest(layout: Layout, manifest: Manifest) -> None:
     """Publish ``manifest``: write its file, then swap CURRENT. Call under the writer lock."""
     path = layout.manifest_path(manifest.generation)
-    write_file(path, (json.dumps(manifest.to_dict(), indent=1) + "\n").encode())
-    write_file(layout.current_path, (path.name + "\n").encode())
+    write_file(path, sealed.seal(manifest.to_dict(), indent=1))
+    name = path.name.encode()
+    try:
+        write_file(layout.current_path, name + f" crc32:{zlib.crc32(name):08x}\n".encode())
+    except BaseException:
+        discard(path)  # never leave a newer manifest that recovery could pick
+        raise

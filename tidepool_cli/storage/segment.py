@@ -35,6 +35,8 @@ SEGMENT_KIND = b"VSEG"
 SEGMENT_VERSION = 1
 DELETIONS_KIND = b"DELV"
 DELETIONS_VERSION = 1
+SEGMENT_SUFFIX = "tpvs"
+DELETIONS_SUFFIX = "tpdv"
 
 
 @dataclass(frozen=True)
@@ -71,7 +73,7 @@ def write_segment(layout: Layout, name: str, data: SegmentData, dim: int) -> Seg
     StorageIOError
         The write failed; nothing is published.
     """
-    path = layout.new_segment_file(name, "tpvs")
+    path = layout.new_segment_file(name, SEGMENT_SUFFIX)
     names = sorted(data.columns)
     meta = {"name": name, "rows": data.rows, "dim": dim, "schema": {n: data.columns[n].kind for n in names}, "columns": names}
     sections: dict = {"vectors": data.vectors if data.vectors else np.zeros((0, dim), np.float32)}
@@ -91,7 +93,7 @@ def write_deletions(layout: Layout, entry: SegmentEntry, deleted: np.ndarray) ->
     deleted : (rows,) bool
         All deleted rows of the segment (earlier deletions included).
     """
-    path = layout.new_segment_file(entry.name, "tpdv")
+    path = layout.new_segment_file(entry.name, DELETIONS_SUFFIX)
     bits = np.packbits(deleted.astype(bool), bitorder="little")
     blob = np.frombuffer(zstandard.ZstdCompressor(level=3).compress(bits.tobytes()), dtype=np.uint8)
     count = int(np.count_nonzero(deleted))
@@ -196,7 +198,7 @@ def open_ref(layout: Layout, ref: FileRef, kind: bytes, version: int, verify: st
         Written by a newer tidepool.
     """
     path: Path = layout.path(ref.path)
-    c = open_container(path, ref.path, kind, version, verify=verify)
+    c = open_container(path, ref.path, kind, version, verify=verify, root=layout.root)
     if c.header_crc != ref.crc32 or c.length != ref.bytes:
         raise CorruptIndexError(f"{ref.path}: is not the file the manifest references (checksum or size differs)")
     return c
