@@ -145,9 +145,12 @@ def test_corrupt_index_exits_5(index, cmd):
 
 @pytest.mark.parametrize("cmd", COMMANDS)
 def test_unsupported_format_exits_8(index, cmd):
+    from tidepool_cli.storage import sealed
+
     settings = json.loads((index / "tidepool.json").read_text())
+    settings.pop("checksum")
     settings["format_version"] = 99
-    (index / "tidepool.json").write_text(json.dumps(settings))
+    (index / "tidepool.json").write_bytes(sealed.seal(settings))  # a well-formed file of a newer release
     _code(run(*_args(cmd, index, index.parent)), 8)
 
 
