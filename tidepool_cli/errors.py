@@ -38,6 +38,12 @@ class TidepoolError(Exception):
     exit_code: int = 1
 
 
+class UsageError(TidepoolError, ValueError):
+    """Options that do not fit together, found after parsing (exit 2, like a parser error)."""
+
+    exit_code = 2
+
+
 class IndexNotFoundError(TidepoolError, FileNotFoundError):
     """The index directory is missing or does not hold a tidepool index (exit 3)."""
 

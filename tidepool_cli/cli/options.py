@@ -14,5 +14,5 @@ LockTimeout = Annotated[
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
 InputFormat = Annotated[
     Literal["auto", "npy", "fvecs", "bvecs", "jsonl", "parquet", "arrow"],
-    typer.Option("--input-format", help="auto | npy | fvecs | bvecs | jsonl | parquet | arrow (auto: by extension, or sniffed on stdin)."),
+    typer.Option("--input-format", help="auto: by extension, or sniffed on stdin."),
 ]

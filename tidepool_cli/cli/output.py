@@ -23,6 +23,22 @@ class Settings:
     debug: bool = bool(os.environ.get("TIDEPOOL_DEBUG"))
 
 
+def console():
+    """A Rich console on stdout that stops like every other output when stdout closes.
+
+    Rich's own reaction to a closed pipe is ``SystemExit(1)``; this one raises
+    BrokenPipeError, which :func:`handle_errors` turns into a quiet exit 141.
+    """
+    from rich.console import Console
+
+    class _PipeConsole(Console):
+        def on_broken_pipe(self) -> None:
+            self.quiet = True
+            raise BrokenPipeError
+
+    return _PipeConsole()
+
+
 def emit_json(obj: Any) -> None:
     """Write one JSON document to stdout."""
     sys.stdout.write(json.dumps(obj, ensure_ascii=False) + "\n")
@@ -56,6 +72,7 @@ def handle_errors() -> Iterator[None]:
     warnings.showwarning = _show_recovery
     try:
         yield
+        sys.stdout.flush()  # a closed pipe shows here, inside the handler, not at exit
     except TidepoolError as exc:
         if Settings.debug:
             traceback.print_exc()
@@ -67,7 +84,8 @@ def handle_errors() -> Iterator[None]:
     except BrokenPipeError:
         # stdout was closed early (`tidepool query ... | head`): stop quietly, like any
         # Unix tool killed by SIGPIPE, and keep Python from complaining at exit.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         raise typer.Exit(141) from None
     except (typer.Exit, typer.Abort):
         raise

@@ -24,9 +24,43 @@ from typing import Any
 import numpy as np
 
 from tidepool_cli.errors import InvalidInputError
+from tidepool_cli.limits import MAX_STRING_CHARS
 
 KINDS = ("bool", "int", "float", "string")
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+
+def check_string(s: str, what: str, allow_empty: bool = True) -> str | None:
+    """Why ``s`` cannot be stored as a string id, attribute name or value (None: it can).
+
+    A stored string is valid UTF-8 (so no lone surrogates, which JSON's ``\\ud800``
+    escapes can produce), holds no NUL character, and is at most
+    :data:`~tidepool_cli.limits.MAX_STRING_CHARS` characters long.
+
+    Parameters
+    ----------
+    s : str
+    what : str
+        How the message names the string ("string id", "attribute 'color'").
+    allow_empty : bool
+        Whether "" is acceptable (values: yes; ids and names: no).
+
+    Returns
+    -------
+    str or None
+        A one-line reason for refusing ``s``, or None when it is acceptable.
+    """
+    if not s and not allow_empty:
+        return f"{what} is empty"
+    if len(s) > MAX_STRING_CHARS:
+        return f"{what} is {len(s):,} characters long; at most {MAX_STRING_CHARS:,} are allowed"
+    if "\0" in s:
+        return f"{what} contains a NUL character"
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        return f"{what} is not valid Unicode (a lone surrogate)"
+    return None
 
 
 @dataclass(frozen=True)
@@ -122,7 +156,7 @@ def columns_from_records(attributes: Sequence[Mapping[str, Any] | None], first_l
     ------
     InvalidInputError
         A value that is not a scalar, an integer outside int64, a non-finite float, a
-        string with a NUL character, or one attribute with mixed kinds.
+        name or string refused by :func:`check_string`, or one attribute with mixed kinds.
     """
     n = len(attributes)
     seen: dict[str, list[Any]] = {}
@@ -132,6 +166,10 @@ def columns_from_records(attributes: Sequence[Mapping[str, Any] | None], first_l
         if not isinstance(attrs, Mapping):
             raise InvalidInputError(f"line {first_line + i}: \"attributes\" must be an object")
         for key, value in attrs.items():
+            if key not in seen:
+                problem = check_string(key, "attribute name", allow_empty=False)
+                if problem:
+                    raise InvalidInputError(f"line {first_line + i}: {problem}")
             seen.setdefault(key, [None] * n)[i] = value
     columns = {name: _column_from_values(name, vals, first_line) for name, vals in sorted(seen.items())}
     # An attribute that is null on every row has no kind yet; it is simply absent.
@@ -151,8 +189,10 @@ def _column_from_values(name: str, vals: list[Any], first_line: int) -> Column |
         return None
     valid = np.array([v is not None for v in vals], dtype=bool)
     if kind == "string":
-        if any(v is not None and "\0" in v for v in vals):
-            raise InvalidInputError(f"attribute {name!r}: strings may not contain NUL characters")
+        for i, v in enumerate(vals):
+            problem = None if v is None else check_string(v, f"attribute {name!r}")
+            if problem:
+                raise InvalidInputError(f"line {first_line + i}: {problem}")
         arr = np.array(["" if v is None else v for v in vals], dtype=str)
         col = string_column(arr)
         return Column("string", np.where(valid, col.values, -1).astype(np.int32), None, col.dictionary)
@@ -203,14 +243,23 @@ def concat_columns(parts: Sequence[Column | None], lengths: Sequence[int], kind:
     """
     filled = [missing_column(kind, n) if c is None else c for c, n in zip(parts, lengths)]
     if kind == "string":
-        strings = [c.dictionary[np.maximum(c.values, 0)] if len(c.dictionary) else np.full(len(c), "", "U1") for c in filled]
-        present = np.concatenate([c.present() for c in filled]) if filled else np.zeros(0, bool)
-        allv = np.concatenate(strings) if strings else np.array([], "U1")
-        if not present.any():
-            return missing_column("string", len(present))
-        dictionary, codes = np.unique(allv[present], return_inverse=True)
-        out = np.full(len(allv), -1, np.int32)
-        out[present] = codes.reshape(-1)
+        # Merge the dictionaries and remap codes: memory grows with distinct strings, not rows.
+        dicts = [c.dictionary for c in filled if len(c.dictionary)]
+        if not dicts:
+            return missing_column("string", sum(lengths))
+        dictionary = np.unique(np.concatenate(dicts))
+        codes = []
+        for c in filled:
+            vals = np.asarray(c.values)
+            remap = np.searchsorted(dictionary, c.dictionary).astype(np.int32) if len(c.dictionary) else np.zeros(0, np.int32)
+            codes.append(np.where(vals >= 0, remap[np.maximum(vals, 0)] if len(remap) else -1, -1).astype(np.int32))
+        out = np.concatenate(codes)
+        if not (out >= 0).any():
+            return missing_column("string", len(out))
+        used = np.unique(out[out >= 0])
+        if len(used) < len(dictionary):  # drop strings no row holds any more
+            out = np.where(out >= 0, np.searchsorted(used, out), -1).astype(np.int32)
+            dictionary = dictionary[used]
         return Column("string", out, None, dictionary)
     dtype = {"bool": bool, "int": np.int64, "float": np.float64}[kind]
     values = np.concatenate([np.asarray(c.values).astype(dtype) for c in filled])

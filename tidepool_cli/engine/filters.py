@@ -17,6 +17,11 @@ Semantics: a comparison is false on a row where the attribute is missing (so
 ``not color = "red"`` also keeps rows without a color), ``is null`` tests for a missing
 value. Numbers compare with numbers (int and float mix), strings with strings
 (lexicographic by code point), booleans with ``=``/``!=`` only.
+
+Limits: an expression is at most :data:`~tidepool_cli.limits.MAX_FILTER_CHARS`
+characters long and nests ``not`` and parentheses at most
+:data:`~tidepool_cli.limits.MAX_FILTER_DEPTH` deep; beyond either it is refused with
+:class:`FilterSyntaxError` before it is parsed further.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import numpy as np
 
 from tidepool_cli.engine.columns import Column
 from tidepool_cli.errors import FilterSyntaxError
+from tidepool_cli.limits import MAX_FILTER_CHARS, MAX_FILTER_DEPTH
 
 _TOKEN = re.compile(
     r"""\s*(?:
@@ -103,8 +109,11 @@ def parse_filter(text: str) -> Expr:
     Raises
     ------
     FilterSyntaxError
-        With the position of the problem.
+        With the position of the problem; also for an expression beyond the length or
+        nesting limits.
     """
+    if len(text) > MAX_FILTER_CHARS:
+        raise FilterSyntaxError(f"filter: {len(text):,} characters long; at most {MAX_FILTER_CHARS:,} are allowed")
     parser = _Parser(text)
     expr = parser.expr()
     if parser.peek() is not None:
@@ -221,17 +230,16 @@ class _Parser:
     def __init__(self, text: str):
         self.text = text
         self.tokens: list[tuple[str, str, int]] = []
-        pos = 0
-        while pos < len(text):
-            if text[pos:].strip() == "":
-                break
+        pos, end = 0, len(text.rstrip())
+        while pos < end:
             m = _TOKEN.match(text, pos)
             if not m or m.end() == pos:
-                raise FilterSyntaxError(f"filter: cannot read {text[pos:].strip()[:20]!r} at position {pos}")
+                raise FilterSyntaxError(f"filter: cannot read {text[pos:pos + 40].strip()[:20]!r} at position {pos}")
             kind = m.lastgroup
             self.tokens.append((kind, m.group(kind), m.start(kind)))
             pos = m.end()
         self.i = 0
+        self.depth = 0
 
     def peek(self):
         return self.tokens[self.i] if self.i < len(self.tokens) else None
@@ -239,7 +247,8 @@ class _Parser:
     def fail(self, what: str):
         tok = self.peek()
         where = f"at position {tok[2]} ({tok[1]!r})" if tok else "at the end"
-        raise FilterSyntaxError(f"filter: {what} {where} in {self.text!r}")
+        shown = self.text if len(self.text) <= 80 else self.text[:77] + "..."
+        raise FilterSyntaxError(f"filter: {what} {where} in {shown!r}")
 
     def keyword(self, word: str) -> bool:
         tok = self.peek()
@@ -268,14 +277,27 @@ class _Parser:
         return args[0] if len(args) == 1 else BoolOp("and", tuple(args))
 
     def factor(self) -> Expr:
+        # Every nested `not` or `(` goes one level deeper: bounded, so no input recurses
+        # past MAX_FILTER_DEPTH levels of this parser or of evaluate().
         if self.keyword("not"):
-            return Not(self.factor())
+            self.enter()
+            e = Not(self.factor())
+            self.depth -= 1
+            return e
         if self.punct("("):
+            self.enter()
             e = self.expr()
             if not self.punct(")"):
                 self.fail("expected ')'")
+            self.depth -= 1
             return e
         return self.comparison()
+
+    def enter(self) -> None:
+        self.depth += 1
+        if self.depth > MAX_FILTER_DEPTH:
+            self.i -= 1
+            self.fail(f"nested more than {MAX_FILTER_DEPTH} levels deep (not, parentheses)")
 
     def comparison(self) -> Expr:
         tok = self.peek()
@@ -313,7 +335,11 @@ class _Parser:
         kind, text, _ = tok
         self.i += 1
         if kind == "num":
-            return float(text) if any(c in text for c in ".eE") else int(text)
+            try:
+                return float(text) if any(c in text for c in ".eE") else int(text)
+            except ValueError:  # more digits than Python converts
+                self.i -= 1
+                self.fail("number too long")
         if kind == "str":
             return re.sub(r"\\(.)", r"\1", text[1:-1])
         if kind == "name" and text.lower() in ("true", "false"):

@@ -7,6 +7,7 @@ from pathlib import Path
 from tidepool_cli.engine import hnsw
 from tidepool_cli.engine.calibrate import calibrate, geometric_ladder
 from tidepool_cli.errors import InvalidInputError
+from tidepool_cli.limits import MAX_EF, MAX_M
 from tidepool_cli.ops.indexing import BuildResult, build_indexes, calibration_params, engine_progress
 from tidepool_cli.ops.paths import HnswPath, required_recall
 from tidepool_cli.ops.planner import DEFAULT_RECALL, check_recall
@@ -61,12 +62,12 @@ def build_hnsw(
     Raises
     ------
     InvalidInputError
-        M < 2, ef_construction < 1, or ``recall`` outside (0, 1].
+        M or ef_construction outside the ranges of :mod:`tidepool_cli.limits`, or ``recall`` outside (0, 1].
     IndexNotFoundError, CorruptIndexError, LockTimeoutError, StorageIOError
     """
     check_recall(recall)
-    if m < 2 or ef_construction < 1:
-        raise InvalidInputError(f"need --m >= 2 and --ef-construction >= 1, got {m} and {ef_construction}")
+    if not (2 <= m <= MAX_M and 1 <= ef_construction <= MAX_EF):
+        raise InvalidInputError(f"need 2 <= --m <= {MAX_M} and 1 <= --ef-construction <= {MAX_EF}, got {m} and {ef_construction}")
 
     def build(seg, metric, prog):
         callback = engine_progress(prog, f"hnsw {seg.name}", seg.rows)

@@ -7,6 +7,7 @@ from pathlib import Path
 from tidepool_cli.engine import idcodec, ivf
 from tidepool_cli.engine.calibrate import calibrate, geometric_ladder
 from tidepool_cli.errors import InvalidInputError
+from tidepool_cli.limits import MAX_NLIST
 from tidepool_cli.ops.indexing import BuildResult, build_indexes, calibration_params, engine_progress
 from tidepool_cli.ops.paths import IvfPath, required_recall
 from tidepool_cli.ops.planner import DEFAULT_RECALL, check_recall
@@ -64,14 +65,14 @@ def build_ivf(
     Raises
     ------
     InvalidInputError
-        Unknown codec, nlist < 1, or ``recall`` outside (0, 1].
+        Unknown codec, nlist outside 1 to :data:`~tidepool_cli.limits.MAX_NLIST`, or ``recall`` outside (0, 1].
     IndexNotFoundError, CorruptIndexError, LockTimeoutError, StorageIOError
     """
     check_recall(recall)
     if id_codec not in idcodec.CODEC_NAMES:
         raise InvalidInputError(f"unknown --id-codec {id_codec!r}; choose one of {', '.join(idcodec.CODEC_NAMES)}")
-    if nlist is not None and nlist < 1:
-        raise InvalidInputError(f"--nlist must be at least 1, got {nlist}")
+    if nlist is not None and not 1 <= nlist <= MAX_NLIST:
+        raise InvalidInputError(f"--nlist must be between 1 and {MAX_NLIST}, got {nlist}")
 
     def build(seg, metric, prog):
         callback = engine_progress(prog, f"ivf {seg.name}", seg.rows)

@@ -10,7 +10,9 @@ from typing import Any
 
 import numpy as np
 
-from tidepool_cli.errors import InvalidInputError
+from tidepool_cli.engine.columns import check_string
+from tidepool_cli.errors import InvalidInputError, StorageIOError
+from tidepool_cli.limits import INT64_MAX, INT64_MIN
 from tidepool_cli.ops.view import IndexView
 from tidepool_cli.storage.lock import DEFAULT_LOCK_TIMEOUT
 from tidepool_cli.storage.records import Batch
@@ -96,14 +98,26 @@ def _read_ids_file(path: str | Path) -> list[str]:
         raise InvalidInputError(f"{path}: no such ids file") from None
     except UnicodeDecodeError:
         raise InvalidInputError(f"{path}: ids file is not UTF-8 text") from None
+    except OSError as exc:
+        raise StorageIOError(f"{path}: cannot read the ids file ({exc.strerror or exc})") from None
     return [line.strip() for line in text.splitlines() if line.strip()]
 
 
 def _parse_ids(raw: list[str | int], id_type: str) -> np.ndarray:
     if id_type == "str":
-        return np.array([str(i) for i in raw], dtype=str)
-    try:
-        return np.array([int(i) for i in raw], dtype=np.int64)
-    except (ValueError, OverflowError):
-        bad = next(i for i in raw if not str(i).lstrip("-").isdigit())
-        raise InvalidInputError(f"id {bad!r} is not an integer; this index uses integer ids") from None
+        out = [str(i) for i in raw]
+        for i in out:
+            problem = check_string(i, "string id", allow_empty=False)
+            if problem:
+                raise InvalidInputError(f"id {i[:40]!r}: {problem}")
+        return np.array(out, dtype=str)
+    values = []
+    for i in raw:
+        try:
+            v = int(i)
+        except ValueError:
+            raise InvalidInputError(f"id {str(i)[:40]!r} is not an integer; this index uses integer ids") from None
+        if not INT64_MIN <= v <= INT64_MAX:
+            raise InvalidInputError(f"id {v} is outside the 64-bit integer range of ids")
+        values.append(v)
+    return np.array(values, dtype=np.int64)

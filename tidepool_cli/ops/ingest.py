@@ -9,13 +9,14 @@ from typing import Any
 
 import numpy as np
 
-from tidepool_cli.engine.columns import columns_from_records
+from tidepool_cli.engine.columns import check_string, columns_from_records
 from tidepool_cli.engine.distances import check_metric, normalize_rows, sqnorms
 from tidepool_cli.errors import InvalidInputError
-from tidepool_cli.ops.inputs import InputBatch, read_input
+from tidepool_cli.limits import INT64_MAX, MAX_STRING_CHARS
+from tidepool_cli.ops.inputs import InputBatch, check_shape, read_input
 from tidepool_cli.ops.progress import NULL_PROGRESS, Progress
 from tidepool_cli.ops.view import auto_id_bases, effective_schema
-from tidepool_cli.storage.layout import IndexSettings, Layout, create_index_dir
+from tidepool_cli.storage.layout import IndexSettings, Layout, create_index_dir, discard_new_index
 from tidepool_cli.storage.lock import DEFAULT_LOCK_TIMEOUT
 from tidepool_cli.storage.manifest import Manifest
 from tidepool_cli.storage.records import Batch
@@ -121,33 +122,45 @@ def ingest(
     if first is None:
         raise InvalidInputError(f"{source}: input holds no vectors")
     root = Path(index)
+    made_root = not root.exists()
+    had_lock = (root / "LOCK").exists()
     created = not (root / "tidepool.json").exists()
     id_type = "int" if first.ids is None or first.ids.dtype.kind in "iu" else "str"
-    layout, settings = create_index_dir(root, IndexSettings(int(first.vectors.shape[1]), metric or "l2", id_type), lock_timeout)
-    _check_settings(settings, first, metric, source)
-
+    wanted = IndexSettings(int(first.vectors.shape[1]), metric or "l2", id_type)
+    # A first ingest checks its first batch before the index exists, and removes what it
+    # made if a later batch fails: a command that fails creates nothing.
+    first_batch = _to_batch(first, wanted, source) if created else None
     total_rows, records, wal_files = 0, 0, []
     auto_ranges: list[tuple[int, int]] = []
-    progress.start("ingest", first.total, "rows")
-    pending: list[InputBatch] = [first]
-    writer = WalWriter(layout)
     try:
-        rows_in_file = 0
-        for item in _chain(pending, batches):
-            batch = _to_batch(item, settings, source)
-            writer.append(batch)
-            rows_in_file += batch.n
-            total_rows += batch.n
-            records += 1
-            progress.advance(batch.n)
-            if commit_every and rows_in_file >= commit_every:
+        layout, settings = create_index_dir(root, wanted, lock_timeout)
+        _check_settings(settings, first, metric, source)
+        if first_batch is not None and settings != wanted:
+            first_batch = None  # another process created the index meanwhile: convert for its settings
+        progress.start("ingest", first.total, "rows")
+        writer = WalWriter(layout)
+        try:
+            rows_in_file = 0
+            for item in _chain([first], batches):
+                batch = first_batch if item is first and first_batch is not None else _to_batch(item, settings, source)
+                writer.append(batch)
+                rows_in_file += batch.n
+                total_rows += batch.n
+                records += 1
+                progress.advance(batch.n)
+                if commit_every and rows_in_file >= commit_every:
+                    wal_files.append(_commit(writer, layout, lock_timeout, auto_ranges))
+                    writer, rows_in_file = WalWriter(layout), 0
+            if rows_in_file:
                 wal_files.append(_commit(writer, layout, lock_timeout, auto_ranges))
-                writer, rows_in_file = WalWriter(layout), 0
-        if rows_in_file:
-            wal_files.append(_commit(writer, layout, lock_timeout, auto_ranges))
-    finally:
-        writer.abort()
-        progress.finish()
+        finally:
+            writer.abort()
+            progress.finish()
+    except BaseException:
+        made_something = made_root or (root / "tidepool.json").exists() or (not had_lock and (root / "LOCK").exists())
+        if created and not wal_files and root.is_dir() and made_something:
+            discard_new_index(Layout(root), made_root, lock_timeout, remove_lock=not had_lock)
+        raise
     first_id = auto_ranges[0][0] if auto_ranges else None
     last_id = auto_ranges[-1][1] if auto_ranges else None
     return IngestResult(str(root), total_rows, records, wal_files, first_id, last_id, created, settings.dim, settings.metric, time.perf_counter() - t0)
@@ -170,9 +183,11 @@ def _check_settings(settings: IndexSettings, first: InputBatch, metric: str | No
 def _to_batch(item: InputBatch, settings: IndexSettings, source) -> Batch:
     """Validate one input batch and turn it into a WAL batch."""
     vectors = item.vectors
+    _check_limits(item, source)
     if vectors.shape[1] != settings.dim:
         raise InvalidInputError(f"{source}: vectors have dimension {vectors.shape[1]}, the index has dimension {settings.dim}")
-    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):  # values beyond float32 become Inf, refused below
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     finite = np.isfinite(vectors).all(axis=1)
     if not finite.all():
         bad = item.first_row + int(np.flatnonzero(~finite)[0])
@@ -187,9 +202,30 @@ def _to_batch(item: InputBatch, settings: IndexSettings, source) -> Batch:
         kind = "int" if ids.dtype.kind in "iu" else "str"
         if kind != settings.id_type:
             raise InvalidInputError(f"{source}: this index uses {settings.id_type} ids; rows from {item.first_row} give {kind} ids")
-    columns = item.columns if item.columns is not None else (
-        columns_from_records(item.attributes, item.first_line or 1) if item.attributes is not None else {})
+    try:
+        columns = item.columns if item.columns is not None else (
+            columns_from_records(item.attributes, item.first_line or 1) if item.attributes is not None else {})
+    except InvalidInputError as exc:
+        raise InvalidInputError(f"{source}: {exc}") from None
     return Batch("upsert", vectors.shape[0], ids, vectors, columns)
+
+
+def _check_limits(item: InputBatch, source) -> None:
+    """The limits of :mod:`tidepool_cli.limits` for a batch from any reader (Parquet and
+    Arrow included): shape, and the length of string ids, attribute names and values."""
+    check_shape(item.first_row + item.vectors.shape[0], item.vectors.shape[1], str(source))
+    strings = [("string id", item.ids)] if item.ids is not None and item.ids.dtype.kind == "U" else []
+    for name, col in (item.columns or {}).items():
+        problem = check_string(name, "attribute name", allow_empty=False)
+        if problem:
+            raise InvalidInputError(f"{source}: {problem}")
+        if col.kind == "string" and col.dictionary is not None:
+            strings.append((f"attribute {name!r}", col.dictionary))
+    for what, arr in strings:
+        if arr.size and int(np.char.str_len(arr).max()) > MAX_STRING_CHARS:
+            raise InvalidInputError(f"{source}: a {what} is longer than {MAX_STRING_CHARS:,} characters")
+    if item.ids is not None and item.ids.dtype.kind == "U" and (item.ids == "").any():
+        raise InvalidInputError(f"{source}: string ids must be non-empty")
 
 
 def _commit(writer: WalWriter, layout: Layout, lock_timeout: float, auto_ranges: list[tuple[int, int]]) -> int:
@@ -202,6 +238,10 @@ def _commit(writer: WalWriter, layout: Layout, lock_timeout: float, auto_ranges:
         bases = auto_id_bases(manifest.max_int_id, before + writer.metas)[len(before) :]
         for meta, base in zip(writer.metas, bases):
             if base is not None:
+                if base + meta["rows"] - 1 > INT64_MAX:
+                    raise InvalidInputError(
+                        f"automatic ids would pass {INT64_MAX} (the largest id in the index is {base - 1}); give explicit ids"
+                    )
                 auto_ranges.append((base, base + meta["rows"] - 1))
 
     return writer.publish(lock_timeout, "ingest", check)

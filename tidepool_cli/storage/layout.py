@@ -223,3 +223,38 @@ def create_index_dir(root: Path, settings: IndexSettings, lock_timeout: float) -
                 except OSError as exc:
                     raise storage_error(exc, d) from None
     return open_index_dir(root)
+
+
+def discard_new_index(layout: Layout, remove_root: bool, lock_timeout: float, remove_lock: bool = True) -> bool:
+    """Undo :func:`create_index_dir` for an index that never received a write.
+
+    A first ingest that fails creates nothing: it calls this to remove the settings file
+    and the empty ``wal/`` and ``segments/`` directories it made (and the directory
+    itself when ``remove_root``; ``LOCK`` too when ``remove_lock``). Under the writer lock, and only while the index holds
+    no WAL file (published or in progress), no manifest and no segment, so a concurrent
+    writer's work is never removed.
+
+    Returns
+    -------
+    bool
+        True if the index was removed; False if someone else has written to it.
+    """
+    try:
+        with layout.lock("discard", lock_timeout):
+            busy = [p for d in (layout.wal_dir, layout.segments_dir) if d.is_dir() for p in d.iterdir()]
+            foreign = [p for p in layout.root.iterdir() if p.name not in ("LOCK", "tidepool.json", "wal", "segments")]
+            if busy or foreign:
+                return False
+            layout.settings_path.unlink(missing_ok=True)
+            for d in (layout.wal_dir, layout.segments_dir):
+                if d.is_dir():
+                    d.rmdir()
+            if remove_root or remove_lock:
+                (layout.root / "LOCK").unlink(missing_ok=True)
+            if remove_root:
+                layout.root.rmdir()
+            elif layout.root.exists():
+                fsync_dir(layout.root)
+    except OSError:
+        return False
+    return True

@@ -8,17 +8,18 @@ import typer
 
 from tidepool_cli.cli.options import IndexArg, JsonFlag, LockTimeout
 from tidepool_cli.cli.output import TqdmProgress, emit_json, handle_errors, info
+from tidepool_cli.limits import MAX_EF, MAX_M, MAX_NLIST
 from tidepool_cli.storage.lock import DEFAULT_LOCK_TIMEOUT
 
 Force = Annotated[bool, typer.Option("--force", help="Rebuild segments that already have this index.")]
 Recall = Annotated[float | None, typer.Option("--recall", min=0.0, max=1.0, help="recall@10 target of the calibrated default that queries use (default 0.95).")]
-Seed = Annotated[int, typer.Option("--seed", help="Seed of the randomised parts of the build (equal seeds, equal index).")]
+Seed = Annotated[int, typer.Option("--seed", min=0, max=2**63 - 1, help="Seed of the randomised parts of the build (equal seeds, equal index).")]
 
 
 def build_hnsw(
     index: IndexArg,
-    m: Annotated[int | None, typer.Option("--m", min=2, help="M: neighbours per node on upper layers (2M on layer 0; default 16).")] = None,
-    ef_construction: Annotated[int | None, typer.Option("--ef-construction", min=1, help="Candidate-list size of the build (default 200).")] = None,
+    m: Annotated[int | None, typer.Option("--m", min=2, max=MAX_M, help="M: neighbours per node on upper layers (2M on layer 0; default 16).")] = None,
+    ef_construction: Annotated[int | None, typer.Option("--ef-construction", min=1, max=MAX_EF, help="Candidate-list size of the build (default 200).")] = None,
     force: Force = False,
     min_rows: Annotated[int | None, typer.Option("--min-rows", min=0, help="Segments with fewer rows stay on exact scan (default 10000).")] = None,
     seed: Seed = 0,
@@ -37,7 +38,7 @@ def build_hnsw(
 
 def build_ivf(
     index: IndexArg,
-    nlist: Annotated[int | None, typer.Option("--nlist", min=1, help="Posting lists per segment (default about 4*sqrt(rows)).")] = None,
+    nlist: Annotated[int | None, typer.Option("--nlist", min=1, max=MAX_NLIST, help="Posting lists per segment (default about 4*sqrt(rows)).")] = None,
     id_codec: Annotated[Literal["ans", "roc", "elias-fano", "raw"] | None, typer.Option("--id-codec", help="Posting-list codec: ans | roc | elias-fano | raw (default ans).")] = None,
     force: Force = False,
     min_rows: Annotated[int | None, typer.Option("--min-rows", min=0, help="Segments with fewer rows stay on exact scan (default 4096).")] = None,

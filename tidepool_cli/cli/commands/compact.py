@@ -23,15 +23,15 @@ def compact(
 
     with handle_errors():
         res = run(index, grace=grace, lock_timeout=lock_timeout, progress=TqdmProgress())
-    if json_out:
-        emit_json(res.to_dict())
-    if res.changed:
-        info(
-            f"compacted {res.index}: generation {res.generation}, {res.wal_files} WAL files applied, "
-            f"{res.rows_written} rows written, {res.rows_deleted} deleted, {res.segments} segments ({res.seconds:.2f} s)"
-        )
-    else:
-        info(f"{res.index} is already compact (generation {res.generation}); removed {res.files_removed} obsolete files")
+        if json_out:
+            emit_json(res.to_dict())
+        if res.changed:
+            info(
+                f"compacted {res.index}: generation {res.generation}, {res.wal_files} WAL files applied, "
+                f"{res.rows_written} rows written, {res.rows_deleted} deleted, {res.segments} segments ({res.seconds:.2f} s)"
+            )
+        else:
+            info(f"{res.index} is already compact (generation {res.generation}); removed {res.files_removed} obsolete files")
 
 
 def register(app: typer.Typer) -> None:

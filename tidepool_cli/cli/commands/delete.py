@@ -23,9 +23,9 @@ def delete(
 
     with handle_errors():
         res = run(index, id or [], ids_file=ids_file, lock_timeout=lock_timeout)
-    if json_out:
-        emit_json(res.to_dict())
-    info(f"deleted {res.found} of {res.requested} ids from {res.index}")
+        if json_out:
+            emit_json(res.to_dict())
+        info(f"deleted {res.found} of {res.requested} ids from {res.index}")
 
 
 def register(app: typer.Typer) -> None:

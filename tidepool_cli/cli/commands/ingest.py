@@ -15,7 +15,7 @@ def ingest(
     index: IndexArg,
     input: Annotated[str, typer.Option("--input", "-i", help="Vectors: .npy, .fvecs, .bvecs, .jsonl, .parquet or .arrow/.feather file, or - for stdin.")],
     input_format: InputFormat = "auto",
-    metric: Annotated[Literal["l2", "cosine", "dot"] | None, typer.Option("--metric", help="l2 | cosine | dot; fixed when the index is created (default l2).")] = None,
+    metric: Annotated[Literal["l2", "cosine", "dot"] | None, typer.Option("--metric", help="Fixed when the index is created (default l2).")] = None,
     batch_rows: Annotated[int | None, typer.Option("--batch-rows", min=1, help="Rows per WAL record (default: ~64 MiB of vectors).")] = None,
     commit_every: Annotated[int | None, typer.Option("--commit-every", min=1, help="Commit every N rows (for endless streams); default: one atomic commit.")] = None,
     vector_column: Annotated[str | None, typer.Option("--vector-column", help="Parquet/Arrow: the vector column (default: the only list column).")] = None,
@@ -30,10 +30,10 @@ def ingest(
         res = run(index, input, input_format=input_format, metric=metric, batch_rows=batch_rows,
                   commit_every=commit_every, lock_timeout=lock_timeout, vector_column=vector_column, id_column=id_column,
                   progress=TqdmProgress())
-    if json_out:
-        emit_json(res.to_dict())
-    ids = f", ids {res.first_id}..{res.last_id}" if res.first_id is not None else ""
-    info(f"ingested {res.rows} vectors (dim {res.dim}, {res.metric}) into {res.index} in {res.seconds:.2f} s{ids}")
+        if json_out:
+            emit_json(res.to_dict())
+        ids = f", ids {res.first_id}..{res.last_id}" if res.first_id is not None else ""
+        info(f"ingested {res.rows} vectors (dim {res.dim}, {res.metric}) into {res.index} in {res.seconds:.2f} s{ids}")
 
 
 def register(app: typer.Typer) -> None:

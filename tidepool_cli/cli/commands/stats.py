@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from tidepool_cli.cli.options import IndexArg, JsonFlag
-from tidepool_cli.cli.output import emit_json, handle_errors
+from tidepool_cli.cli.output import console, emit_json, handle_errors
 from tidepool_cli.errors import CorruptIndexError
 
 
@@ -24,12 +24,13 @@ def stats(
 
     with handle_errors():
         res = run(index, verify=verify, recall_queries=recall_queries)
-    if json_out:
-        emit_json(res.to_dict())
-    else:
-        _table(res)
-        if res.recall_queries:
-            _recall_line(res.recall_queries)
+        if json_out:
+            emit_json(res.to_dict())
+        else:
+            _table(res)
+            if res.recall_queries:
+                _recall_line(res.recall_queries)
+        sys.stdout.flush()
     if res.problems:
         for p in res.problems:
             sys.stderr.write(f"Error: {p}\n")
@@ -45,10 +46,9 @@ def _fmt_bytes(n: int) -> str:
 
 
 def _table(res) -> None:
-    from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    out = console()
     head = Table(title=f"tidepool index {res.index}", show_header=False, title_justify="left")
     head.add_column("key")
     head.add_column("value")
@@ -67,31 +67,31 @@ def _table(res) -> None:
         ("verified", "yes, no problems" if res.verified and not res.problems else f"{len(res.problems)} problems" if res.verified else "no (--verify)"),
     ]:
         head.add_row(key, str(value))
-    console.print(head)
+    out.print(head)
     kinds = Table(title="bytes on disk by kind", title_justify="left")
     kinds.add_column("kind")
     kinds.add_column("bytes", justify="right")
     for kind, n in res.bytes_by_kind.items():
         if n:
             kinds.add_row(kind, _fmt_bytes(n))
-    console.print(kinds)
+    out.print(kinds)
     if res.segments:
         segs = Table(title="segments", title_justify="left")
         for col in ("name", "rows", "live", "deleted", "bytes", "indexes"):
             segs.add_column(col, justify="left" if col in ("name", "indexes") else "right")
         for s in res.segments:
             segs.add_row(s.name, f"{s.rows:,}", f"{s.live:,}", f"{s.deleted:,}", _fmt_bytes(s.bytes), "\n".join(_index_summary(k, v) for k, v in s.indexes.items()) or "-")
-        console.print(segs)
-    _curves(console, res)
+        out.print(segs)
+    _curves(out, res)
     ivf = res.indexes.get("ivf")
     if ivf:
-        console.print(
+        out.print(
             f"IVF posting lists over {ivf['segments']} segments ({', '.join(ivf['codecs'])}): {ivf['bits_per_id']:.3f} bits/ID; "
             f"bound log2 C(N,n)/n {ivf['bound_bits_per_id']:.3f}; Elias-Fano {ivf['elias_fano_bits_per_id']:.3f}; raw {ivf['raw_bits_per_id']:.0f}"
         )
 
 
-def _curves(console, res) -> None:
+def _curves(out, res) -> None:
     """One table of every calibration curve: knob -> recall@10 on sampled rows and time."""
     from rich.table import Table
 
@@ -105,7 +105,7 @@ def _curves(console, res) -> None:
         knob = next(k for k in p["curve"][0] if k not in ("recall", "seconds"))
         points = "  ".join(f"{c[knob]}:{c['recall']:.3f} ({_ms_per_query(c['seconds'])})" for c in p["curve"])
         table.add_row(name, kind, knob, points)
-    console.print(table)
+    out.print(table)
 
 
 def _ms_per_query(seconds: list) -> str:
