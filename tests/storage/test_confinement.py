@@ -11,8 +11,6 @@ import time
 import numpy as np
 import pytest
 
-from tidepool_cli.ops.compact import compact
-from tidepool_cli.ops.ingest import ingest
 from tidepool_cli.storage import sealed
 from tidepool_cli.storage.layout import Layout
 from tidepool_cli.storage.manifest import read_current

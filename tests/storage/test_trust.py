@@ -7,7 +7,6 @@ damaged or missing CURRENT, a recovery that says so on stderr.
 
 import json
 import os
-import time
 
 import numpy as np
 import pytest

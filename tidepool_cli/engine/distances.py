@@ -49,6 +49,32 @@ def check_metric(metric: str) -> str:
     return metric
 
 
+def float_rows(x: np.ndarray, what: str) -> np.ndarray:
+    """The vectors an index build takes: a non-empty (n, d) float32 array.
+
+    Parameters
+    ----------
+    x : (n, d) array of any real dtype
+        Converted to float32 only when it is not float32 already (a float32 memmap is
+        returned as is, never copied).
+    what : str
+        Name of the build, for the error message ("HNSW", "Vamana").
+
+    Raises
+    ------
+    InvalidInputError
+        ``x`` not 2-D, empty, or not numeric.
+    """
+    x = np.asarray(x)
+    if x.ndim != 2 or x.shape[0] == 0:
+        raise InvalidInputError(f"{what} needs a non-empty 2-D array of vectors, got shape {x.shape}")
+    if x.dtype != np.float32:
+        if not np.issubdtype(x.dtype, np.number):
+            raise InvalidInputError(f"vectors must be numeric, got dtype {x.dtype}")
+        x = x.astype(np.float32)
+    return x
+
+
 def sqnorms(x: np.ndarray) -> np.ndarray:
     """Squared L2 norms of the rows of ``x``.
 

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from tidepool_cli.engine import graph as g
-from tidepool_cli.engine.distances import check_metric, sqnorms
+from tidepool_cli.engine.distances import check_metric, float_rows, sqnorms
 from tidepool_cli.engine.threads import parallel, workers as thread_count
 from tidepool_cli.engine.topk import knn, rerank
 from tidepool_cli.errors import InvalidInputError
@@ -207,13 +207,7 @@ def build_hnsw(
         ``ef_construction < 1``.
     """
     check_metric(metric)
-    x = np.asarray(x)
-    if x.ndim != 2 or x.shape[0] == 0:
-        raise InvalidInputError(f"HNSW needs a non-empty 2-D array of vectors, got shape {x.shape}")
-    if x.dtype != np.float32:
-        if not np.issubdtype(x.dtype, np.number):
-            raise InvalidInputError(f"vectors must be numeric, got dtype {x.dtype}")
-        x = x.astype(np.float32)
+    x = float_rows(x, "HNSW")
     if int(m) < 2:
         raise InvalidInputError(f"M must be at least 2, got {m}")
     if int(ef_construction) < 1:

@@ -40,7 +40,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from tidepool_cli.engine import graph as g
-from tidepool_cli.engine.distances import check_metric, sqnorms
+from tidepool_cli.engine.distances import check_metric, float_rows, sqnorms
 from tidepool_cli.engine.threads import workers as threads_workers
 from tidepool_cli.engine.vamana_search import walk
 from tidepool_cli.errors import InvalidInputError
@@ -191,13 +191,7 @@ def build_vamana(
     check_metric(metric)
     if metric not in ("l2", "cosine"):
         raise InvalidInputError(f"Vamana supports the l2 and cosine metrics, not {metric!r}")
-    x = np.asarray(x)
-    if x.ndim != 2 or x.shape[0] == 0:
-        raise InvalidInputError(f"Vamana needs a non-empty 2-D array of vectors, got shape {x.shape}")
-    if x.dtype != np.float32:
-        if not np.issubdtype(x.dtype, np.number):
-            raise InvalidInputError(f"vectors must be numeric, got dtype {x.dtype}")
-        x = x.astype(np.float32)
+    x = float_rows(x, "Vamana")
     if int(r) < 2:
         raise InvalidInputError(f"R must be at least 2, got {r}")
     if int(l) < 1:

@@ -28,7 +28,7 @@ import numpy as np
 
 from tidepool_cli.engine.distances import exact_distances
 from tidepool_cli.engine.graph.keys import ID_MASK, SENTINEL, encode
-from tidepool_cli.engine.graph.search import PairScorer
+from tidepool_cli.engine.graph.search import PairScorer, Visited
 from tidepool_cli.engine.vamana_layout import NodeLayout, decode_records, record_view
 from tidepool_cli.errors import InvalidInputError
 
@@ -44,12 +44,6 @@ DEFAULT_CACHE_NODES = 0
 
 QUERY_BATCH = 256
 """Queries walking in lockstep; bounds the visited tables."""
-
-EXACT_VISITED_NODES = 1 << 17
-"""Up to this many nodes the visited table is exact (nq · n bytes, touched pages only)."""
-
-HASHED_VISITED_SLOTS = 1 << 14
-"""Slots per query of the hashed visited table used above that."""
 
 TIE_RTOL = 1e-6
 """Relative float-error bound under which two exact distances count as tied (ordered by id)."""
@@ -351,7 +345,7 @@ def walk(
     """
     nq = xq.shape[0]
     hops = np.zeros(nq, np.int32)
-    visited = _Visited(nq, n)
+    visited = Visited(nq, n)
     pool_q, pool_id, pool_d = [], [], []
     med = np.full(nq, start, dtype=np.int64)
     visited.mark(np.arange(nq), med)
@@ -382,7 +376,7 @@ def walk(
         wide[qr, qc] = nb
         wide = np.sort(wide.reshape(act.size, -1), axis=1)
         wide[:, 1:][wide[:, 1:] == wide[:, :-1]] = -1
-        valid = visited.filter(act, wide, wide >= 0)
+        valid = visited.filter(visited.base(act), wide, wide >= 0)
         r, c = np.nonzero(valid)
         if not r.size:
             continue
@@ -401,45 +395,6 @@ def walk(
         beam = beam[:, :l]
     cat = (lambda parts, dt: np.concatenate(parts) if parts else np.empty(0, dt))
     return cat(pool_q, np.int64), cat(pool_id, np.int64), cat(pool_d, np.float32), hops
-
-
-class _Visited:
-    """Per-query visited sets: an exact (nq, n) bit table for small graphs, hashed slots above.
-
-    The exact table is zero-filled lazily by the OS. Above ``EXACT_VISITED_NODES`` nodes
-    a multiplicative hash of the id into ``HASHED_VISITED_SLOTS`` int32 slots per query
-    bounds the memory to ``nq · 64 KiB``; a collision only lets a node be scored (and at
-    worst read) again, and the list merge and the final selection drop the copy.
-    """
-
-    def __init__(self, nq: int, n: int):
-        self.lossy = n > EXACT_VISITED_NODES
-        if self.lossy:
-            self.slots = HASHED_VISITED_SLOTS
-            self.shift = np.uint32(32 - (self.slots.bit_length() - 1))
-            self.table = np.full(nq * self.slots, -1, dtype=np.int32)
-        else:
-            self.slots = n
-            self.table = np.zeros(nq * n, dtype=bool)
-
-    def _flat(self, qrows: np.ndarray, ids: np.ndarray) -> np.ndarray:
-        if self.lossy:
-            return qrows * self.slots + ((ids.astype(np.uint32) * np.uint32(0x9E37_79B1)) >> self.shift)
-        return qrows * self.slots + ids
-
-    def mark(self, qrows: np.ndarray, ids: np.ndarray) -> None:
-        self.table[self._flat(qrows, ids)] = ids if self.lossy else True
-
-    def filter(self, act: np.ndarray, ids: np.ndarray, valid: np.ndarray) -> np.ndarray:
-        """Mask of the ``valid`` ids (row i belongs to query ``act[i]``) not visited yet; marks them."""
-        flat = self._flat(act[:, None], ids.clip(0))
-        if self.lossy:
-            new = valid & (self.table[flat] != ids)
-            self.table[flat[new]] = ids[new]
-        else:
-            new = valid & ~self.table[flat]
-            self.table[flat[new]] = True
-        return new
 
 
 def _select(q, ids, d, nq, k, allowed):

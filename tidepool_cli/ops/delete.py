@@ -75,7 +75,7 @@ def delete(
     IndexNotFoundError, LockTimeoutError, StorageIOError
     """
     t0 = time.perf_counter()
-    view = IndexView(index, verify="header")
+    view = IndexView(index)
     raw = list(ids)
     if ids_file is not None:
         raw.extend(_read_ids_file(ids_file))

@@ -106,7 +106,7 @@ def export(
         raise InvalidInputError(f"unknown export format {format!r}; choose one of {', '.join(FORMATS)}")
     if str(output) == "-":
         output = sys.stdout.buffer
-    view = IndexView(index, verify="header")
+    view = IndexView(index, verify="all")
     selected = matching(view, filter)
     total = sum(int(np.count_nonzero(mask)) for _, mask in selected)
     id_width = max([src.ids.dtype.itemsize // 4 for src, _ in selected if src.ids.dtype.kind == "U"] + [1])

@@ -79,7 +79,7 @@ def get(index: str | Path, id: Sequence[str | int] = (), *, ids_file: str | Path
         No ids given, or an id that is not an integer in an integer-id index.
     IndexNotFoundError, CorruptIndexError
     """
-    view = IndexView(index, verify="header")
+    view = IndexView(index)
     raw = list(id)
     if ids_file is not None:
         raw.extend(_read_ids_file(ids_file))

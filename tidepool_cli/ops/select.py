@@ -155,6 +155,6 @@ def count(index: str | Path, *, filter: str | None = None) -> CountResult:
     ------
     IndexNotFoundError, CorruptIndexError, FilterSyntaxError
     """
-    view = IndexView(index, verify="header")
+    view = IndexView(index)
     n = sum(int(np.count_nonzero(mask)) for _, mask in matching(view, filter))
     return CountResult(str(index), n, filter, view.manifest.generation)

@@ -57,6 +57,11 @@ def known_features() -> set[str]:
     return set(_known_features) | set(BASE_FEATURES)
 
 
+READ_ATTEMPTS = 5
+"""Reads of CURRENT before a reader falls back to recovery."""
+FIRST_PUBLISH_WAIT_S = 0.05
+"""Pause between reads when CURRENT is missing beside manifests (seconds)."""
+
 @dataclass(frozen=True)
 class FileRef:
     """An immutable file referenced by a manifest.
@@ -285,10 +290,15 @@ def read_current(layout: Layout) -> Manifest:
         A newer manifest version or an unknown reader feature.
     """
     problem = ""
-    for _ in range(5):
+    for attempt in range(READ_ATTEMPTS):
         raw = read_small(layout.root, layout.current_path, "CURRENT")
         if raw is None:
+            # The first publish writes manifest-000001.json before CURRENT: give a
+            # publisher that is between the two a moment before calling it damage.
             problem = "CURRENT is missing"
+            if attempt + 1 < READ_ATTEMPTS and _has_manifests(layout):
+                time.sleep(FIRST_PUBLISH_WAIT_S)
+                continue
             break
         m = _CURRENT.match(raw)
         if m is None or (m.group(3) is not None and zlib.crc32(m.group(1)) != int(m.group(3), 16)):
@@ -299,6 +309,14 @@ def read_current(layout: Layout) -> Manifest:
             return manifest
         problem = f"CURRENT names {m.group(1).decode()}, which does not exist"
     return _recover(layout, problem)
+
+
+def _has_manifests(layout: Layout) -> bool:
+    """Whether any ``manifest-NNNNNN.json`` exists in the index directory."""
+    try:
+        return any(_MANIFEST_NAME.match(n) for n in os.listdir(layout.root))
+    except FileNotFoundError:
+        return False
 
 
 def _load(layout: Layout, name: str) -> Manifest | None:
