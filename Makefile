@@ -33,7 +33,9 @@ demo: $(STAMP)
 	@echo "== build-hnsw and build-ivf: both indexes per segment, each calibrated on the segment's own rows"
 	$(BIN)/tidepool build-hnsw $(DEMO_INDEX)
 	$(BIN)/tidepool build-ivf $(DEMO_INDEX)
-	@echo "== query --recall 0.99 --explain: the planner picks the cheapest path whose calibrated recall reaches 0.99, and says which"
+	@echo "== quantize: SQ8 codes per segment (per-dimension ranges trained on a sample); a third access path, the cascade codes -> exact f32 rerank"
+	$(BIN)/tidepool quantize $(DEMO_INDEX) --codec sq8
+	@echo "== query --recall 0.99 --explain: of HNSW, IVF, the SQ8 cascade and exact scan, the planner picks the cheapest whose calibrated recall reaches 0.99, and says which"
 	$(BIN)/tidepool query $(DEMO_INDEX) --input sample_data/siftsmall_query.npy -k 10 --recall 0.99 --explain --format jsonl > $(DEMO_INDEX)/results-planned.jsonl
 	@tail -n 1 $(DEMO_INDEX)/results-planned.jsonl
 	@grep -v '"explain"' $(DEMO_INDEX)/results-planned.jsonl > $(DEMO_INDEX)/results-planned-only.jsonl
