@@ -44,6 +44,7 @@ their recall, and their costs are compared in distance evaluations only.
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -239,7 +240,7 @@ def _smoothed(curve: list[dict], i: int) -> dict:
     return point
 
 
-class AccessPath:
+class AccessPath(ABC):
     """One way to answer a batch on a source; subclasses set the class attributes.
 
     Attributes
@@ -266,14 +267,14 @@ class AccessPath:
         has = src.segment is not None and self.sidecar in src.segment.entry.indexes
         return has and src.indexes.get(self.sidecar, True) is not None
 
+    @abstractmethod
     def offer(self, src: Source, batch: Batch, target: float, forced: int | None) -> Plan:
         """The plan for ``batch`` at recall ``target`` (or at the ``forced`` knob)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def run(self, src: Source, plan: Plan, xq: np.ndarray, k: int, mask: np.ndarray | None, metric: str,
             warn: Callable[[str], None]) -> tuple[np.ndarray, np.ndarray] | None:
         """(D, I) of the batch, or None when the sidecar turned out damaged (warned)."""
-        raise NotImplementedError
 
     def params(self, src: Source) -> dict:
         """The manifest params of the path's sidecar on ``src``."""

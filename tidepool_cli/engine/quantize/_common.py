@@ -23,6 +23,7 @@ exact squared norm makes the l2 estimate ``|q|^2 + |x|^2 - 2 <q, x>`` free of th
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
 import numpy as np
@@ -71,7 +72,7 @@ class Encoded:
         return self.codes.shape[0]
 
 
-class Quantizer:
+class Quantizer(ABC):
     """Base of every codec: encode, decode, score, and a state that round-trips through arrays.
 
     Subclasses set ``name`` and implement :meth:`encode`, :meth:`decode`, :meth:`prepare`,
@@ -83,34 +84,34 @@ class Quantizer:
     d: int
 
     @property
+    @abstractmethod
     def code_bytes(self) -> int:
         """Bytes of codes per vector (factors excluded)."""
-        raise NotImplementedError
 
     @property
     def bytes_per_vector(self) -> int:
         """Bytes per vector held in RAM for scoring: codes plus factors."""
         return self.code_bytes + 4 * N_FACTORS
 
+    @abstractmethod
     def encode(self, x: np.ndarray) -> Encoded:
         """Codes and factors of ``x`` ((n, d) float32; unit rows for cosine)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def decode(self, codes: np.ndarray, factors: np.ndarray) -> np.ndarray:
         """(n, d) float32 reconstruction of encoded rows."""
-        raise NotImplementedError
 
+    @abstractmethod
     def prepare(self, xq: np.ndarray) -> dict:
         """Per-query-batch state (rotated queries, lookup tables) for :meth:`score`."""
-        raise NotImplementedError
 
+    @abstractmethod
     def score(self, qs: dict, codes: np.ndarray, factors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(estimate, error bound), each (nq, b) float32, for a block of b encoded rows."""
-        raise NotImplementedError
 
+    @abstractmethod
     def state(self) -> tuple[dict, dict[str, np.ndarray]]:
         """(JSON-able parameters, named arrays) from which :meth:`from_state` rebuilds the codec."""
-        raise NotImplementedError
 
 
 def check_train_input(x: np.ndarray, metric: str, min_rows: int = 1) -> np.ndarray:
@@ -179,18 +180,20 @@ class ReconstructionQuantizer(Quantizer):
     mean: np.ndarray
     eps: float
 
+    @abstractmethod
     def _encode_codes(self, x: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
+        """(n, code_bytes) uint8 codes of ``x``."""
 
+    @abstractmethod
     def decode_codes(self, codes: np.ndarray) -> np.ndarray:
         """(n, d) float32 reconstruction from codes alone."""
-        raise NotImplementedError
 
     def _prepare_ip(self, qc: np.ndarray) -> dict:
         return {}
 
+    @abstractmethod
     def _ip(self, qc: np.ndarray, extra: dict, codes: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
+        """(nq, b) float32 ``<q - mu, xh>`` of centred queries against a block of b codes."""
 
     def encode(self, x: np.ndarray) -> Encoded:
         """Codes and factors ``[<mu, x>, |x|^2, |x - xh|]`` of (n, d) float32 rows."""
