@@ -1,6 +1,6 @@
 """Checksummed JSON documents: ``tidepool.json`` and manifests carry their own CRC-32.
 
-The document's last key is ``"checksum": "crc32:XXXXXXXX"``: the CRC-32 (zlib
+The document's last key is ``"checksum"``, whose value is ``crc32:`` and 8 hex digits: the CRC-32 (zlib
 polynomial, 8 lowercase hex digits) of the file's exact bytes with those 8 digits read as
 ``00000000``. The check works on the bytes as stored, so it needs no canonical
 re-serialisation, and a flipped byte anywhere in the file (a key, a value, the
