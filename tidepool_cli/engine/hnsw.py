@@ -25,7 +25,6 @@ layer can write them as sections and memmap them back read-only; search never wr
 from __future__ import annotations
 
 import math
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -33,7 +32,7 @@ import numpy as np
 
 from tidepool_cli.engine import graph as g
 from tidepool_cli.engine.distances import check_metric, float_rows, sqnorms
-from tidepool_cli.engine.threads import parallel, workers as thread_count
+from tidepool_cli.engine.threads import parallel, progress_counter, workers as thread_count
 from tidepool_cli.engine.topk import knn, rerank
 from tidepool_cli.errors import InvalidInputError
 
@@ -235,15 +234,7 @@ def build_hnsw(
         x, build_metric = _mips_to_l2(x), "l2"
     sq = sqnorms(x) if build_metric == "l2" else None
     total = 3 * (n + sum(int(a.size) for a in members))
-    done = [0]
-    lock = threading.Lock()
-
-    def tick(units: int) -> None:
-        # Worker threads report blocks; the callback sees one ordered sequence.
-        with lock:
-            done[0] += units
-            if progress is not None:
-                progress(min(done[0], total), total)
+    tick = progress_counter(total, progress)
 
     k0 = min(ef_construction, CANDIDATES_PER_SLOT * 2 * m)
     workers = thread_count(threads)

@@ -10,6 +10,7 @@ whole process; results never depend on the count.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -102,3 +103,27 @@ def parallel(fn: Callable[[Any], None], items: Iterable, n: int) -> None:
     items = list(items)
     with runner(min(n, len(items))) as run:
         run.map(fn, items)
+
+
+def progress_counter(total: int, progress: Callable[[int, int], None] | None) -> Callable[[int], None]:
+    """A thread-safe ``tick(units)`` for a build whose worker threads report blocks of work.
+
+    Parameters
+    ----------
+    total : int
+        Work units of the whole build.
+    progress : callable(done, total) or None
+        Called under a lock after every tick with the units done so far (never above
+        ``total``), so the callback sees one ordered sequence; None makes ticks free.
+    """
+    done = 0
+    lock = threading.Lock()
+
+    def tick(units: int) -> None:
+        nonlocal done
+        with lock:
+            done += units
+            if progress is not None:
+                progress(min(done, total), total)
+
+    return tick

@@ -33,7 +33,6 @@ kernel HNSW uses, with its pruning scale ``α``.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -41,7 +40,7 @@ import numpy as np
 
 from tidepool_cli.engine import graph as g
 from tidepool_cli.engine.distances import check_metric, float_rows, sqnorms
-from tidepool_cli.engine.threads import workers as threads_workers
+from tidepool_cli.engine.threads import progress_counter, workers as threads_workers
 from tidepool_cli.engine.vamana_search import walk
 from tidepool_cli.errors import InvalidInputError
 
@@ -203,14 +202,7 @@ def build_vamana(
     workers = threads_workers(threads)
     sq = sqnorms(x) if metric == "l2" else None
     total = 3 * n
-    done = [0]
-    lock = threading.Lock()
-
-    def tick(units: int) -> None:
-        with lock:
-            done[0] += units
-            if progress is not None:
-                progress(min(done[0], total), total)
+    tick = progress_counter(total, progress)
 
     start = medoid(x, metric)
     knn_i, knn_d = g.knn_candidates(
